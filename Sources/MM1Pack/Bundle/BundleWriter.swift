@@ -1,0 +1,294 @@
+import Crypto
+import Foundation
+
+/// Writes a bundle (formats/bundle.md) in one streaming pass.
+///
+/// The layout (offsets, lengths) is fixed before any data is written, and digests are fixed-width hex, so the
+/// header's length is known up front: data goes straight to its final offset in a temporary file, digests are
+/// computed on the way, the header is written last, and the file is renamed into place only when complete.
+public final class BundleWriter {
+    public struct TensorEntry {
+        public var name: String
+        public var dtype: String
+        public var shape: [Int]
+        public var length: Int
+        public var quant: [String: Any]?
+
+        public init(name: String, dtype: String, shape: [Int], length: Int, quant: [String: Any]? = nil) {
+            self.name = name
+            self.dtype = dtype
+            self.shape = shape
+            self.length = length
+            self.quant = quant
+        }
+    }
+
+    public struct Section {
+        public var name: String
+        public var raw: [UInt8]
+
+        public init(name: String, raw: [UInt8]) {
+            self.name = name
+            self.raw = raw
+        }
+    }
+
+    public static let magic: [UInt8] = [0x4D, 0x4D, 0x31, 0x50, 0x41, 0x43, 0x4B, 0x00]
+    public static let formatVersion: UInt32 = 1
+    public static let prefixSize = 96
+    public static let alignment = 64
+    public static let dataAlignment = 4096
+
+    let finalPath: String
+    let tempPath: String
+    let fd: Int32
+    let entries: [TensorEntry]
+    let offsets: [Int]
+    let sectionRecords: [(name: String, encoding: String, stored: [UInt8], rawLength: Int, sha: String, offset: Int)]
+    var headerBase: [String: Any]
+    let headerLength: Int
+    public let dataOffset: Int
+    let dataLength: Int
+
+    private var current = -1
+    private var written = 0  // bytes of the current tensor so far
+    private var hasher = SHA256()
+    private var digests: [String] = []
+    private var buffer: UnsafeMutableRawPointer
+    private var buffered = 0
+    private var filePos: Int
+    private let bufferSize = 8 << 20
+    private var finished = false
+
+    /// - Parameters:
+    ///   - header: `config`, `provenance`, `metadata` (the writer adds `format`, `format_version`, `alignment`,
+    ///     `tensors`, `sections`).
+    public init(path: String, tensors: [TensorEntry], sections: [Section], config: [String: Any],
+                provenance: [String: Any], metadata: [String: Any]) throws {
+        finalPath = path
+        let dir = (path as NSString).deletingLastPathComponent
+        let base = (path as NSString).lastPathComponent
+        tempPath = (dir.isEmpty ? "." : dir) + "/.\(base).partial-\(getpid())"
+        entries = tensors
+
+        var names = Set<String>()
+        var offs: [Int] = []
+        var pos = 0
+        for t in tensors {
+            guard names.insert(t.name).inserted else { throw MM1Error(file: path, tensor: t.name, "listed twice") }
+            pos = BundleWriter.align(pos, BundleWriter.alignment)
+            offs.append(pos)
+            pos += t.length
+        }
+        offsets = offs
+        var secs: [(name: String, encoding: String, stored: [UInt8], rawLength: Int, sha: String, offset: Int)] = []
+        for s in sections {
+            pos = BundleWriter.align(pos, BundleWriter.alignment)
+            let compressed = try Zstd.compress(s.raw, level: 19)
+            let useZstd = compressed.count < s.raw.count
+            let stored = useZstd ? compressed : s.raw
+            secs.append((s.name, useZstd ? "zstd" : "raw", stored, s.raw.count, hex(SHA256.hash(data: s.raw)), pos))
+            pos += stored.count
+        }
+        sectionRecords = secs
+        dataLength = pos
+        headerBase = ["format": "mm1pack", "format_version": Int(BundleWriter.formatVersion),
+                      "alignment": BundleWriter.alignment, "config": config, "provenance": provenance,
+                      "metadata": metadata]
+        let placeholder = String(repeating: "0", count: 64)
+        let probe = try BundleWriter.headerBytes(headerBase, entries: tensors, offsets: offs,
+                                                 digests: Array(repeating: placeholder, count: tensors.count),
+                                                 sections: secs)
+        headerLength = probe.count
+        guard headerLength <= 64 << 20 else { throw MM1Error(file: path, "header would be \(headerLength) bytes, over the 64 MiB limit") }
+        dataOffset = BundleWriter.align(BundleWriter.prefixSize + headerLength, BundleWriter.dataAlignment)
+        filePos = dataOffset
+
+        fd = open(tempPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw MM1Error(file: tempPath, "cannot create: \(String(cString: strerror(errno)))") }
+        buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 4096)
+    }
+
+    deinit {
+        buffer.deallocate()
+        if !finished {
+            close(fd)
+            unlink(tempPath)
+        }
+    }
+
+    /// Abandons the output: the temporary file is removed and nothing appears at the final path.
+    public func abort() {
+        guard !finished else { return }
+        finished = true
+        close(fd)
+        unlink(tempPath)
+    }
+
+    static func align(_ x: Int, _ a: Int) -> Int { (x + a - 1) / a * a }
+
+    /// Starts the next tensor in table order.
+    public func beginTensor(_ name: String) throws {
+        try endTensorIfNeeded()
+        current += 1
+        guard current < entries.count, entries[current].name == name else {
+            throw MM1Error(file: finalPath, tensor: name, "written out of table order")
+        }
+        try zeros(offsets[current] - (filePos + buffered - dataOffset))
+        written = 0
+        hasher = SHA256()
+    }
+
+    /// Appends bytes to the current tensor.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        guard current >= 0 else { throw MM1Error(file: finalPath, "data written before any tensor") }
+        written += bytes.count
+        guard written <= entries[current].length else {
+            throw MM1Error(file: finalPath, tensor: entries[current].name, "more bytes than its declared length \(entries[current].length)")
+        }
+        hasher.update(bufferPointer: bytes)
+        try append(bytes)
+    }
+
+    private func endTensorIfNeeded() throws {
+        guard current >= 0, digests.count == current else { return }
+        guard written == entries[current].length else {
+            throw MM1Error(file: finalPath, tensor: entries[current].name, "wrote \(written) bytes, declared \(entries[current].length)")
+        }
+        digests.append(hex(hasher.finalize()))
+    }
+
+    /// Replaces the provenance (e.g. once source digests are known); it must encode to the same length.
+    public func setProvenance(_ provenance: [String: Any]) throws {
+        headerBase["provenance"] = provenance
+    }
+
+    /// Writes the sections and the header, flushes, and renames the file into place.
+    public func finish() throws {
+        try endTensorIfNeeded()
+        guard digests.count == entries.count else {
+            throw MM1Error(file: finalPath, "only \(digests.count) of \(entries.count) tensors were written")
+        }
+        for s in sectionRecords {
+            try zeros(s.offset - (filePos + buffered - dataOffset))
+            try s.stored.withUnsafeBytes { try append($0) }
+        }
+        try zeros(dataLength - (filePos + buffered - dataOffset))
+        try flush()
+        let header = try BundleWriter.headerBytes(headerBase, entries: entries, offsets: offsets, digests: digests,
+                                                  sections: sectionRecords)
+        guard header.count == headerLength else {
+            throw MM1Error(file: finalPath, "internal error: header length changed from \(headerLength) to \(header.count)")
+        }
+        var prefix = [UInt8](repeating: 0, count: BundleWriter.prefixSize)
+        prefix.replaceSubrange(0..<8, with: BundleWriter.magic)
+        putLE(&prefix, 8, UInt64(BundleWriter.formatVersion), 4)
+        putLE(&prefix, 16, UInt64(headerLength), 8)
+        putLE(&prefix, 24, UInt64(dataOffset), 8)
+        putLE(&prefix, 32, UInt64(dataLength), 8)
+        prefix.replaceSubrange(40..<72, with: Array(SHA256.hash(data: header)))
+        var head = prefix + header
+        head += [UInt8](repeating: 0, count: dataOffset - head.count)
+        try head.withUnsafeBytes { try pwriteAll($0, at: 0) }
+        guard fsync(fd) == 0 else { throw MM1Error(file: tempPath, "fsync failed: \(String(cString: strerror(errno)))") }
+        close(fd)
+        finished = true
+        guard rename(tempPath, finalPath) == 0 else {
+            let msg = String(cString: strerror(errno))
+            unlink(tempPath)
+            throw MM1Error(file: finalPath, "cannot rename the finished file into place: \(msg)")
+        }
+    }
+
+    private func putLE(_ a: inout [UInt8], _ at: Int, _ v: UInt64, _ n: Int) {
+        for i in 0..<n { a[at + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
+    }
+
+    private func zeros(_ n: Int) throws {
+        guard n >= 0 else { throw MM1Error(file: finalPath, "internal error: negative padding") }
+        var left = n
+        while left > 0 {
+            if buffered == bufferSize { try flush() }
+            let k = min(left, bufferSize - buffered)
+            (buffer + buffered).initializeMemory(as: UInt8.self, repeating: 0, count: k)
+            buffered += k
+            left -= k
+        }
+    }
+
+    private func append(_ bytes: UnsafeRawBufferPointer) throws {
+        var src = bytes.baseAddress!
+        var left = bytes.count
+        if buffered == 0 && left >= bufferSize {
+            // Large writes skip the staging buffer.
+            try pwriteAll(bytes, at: filePos)
+            filePos += left
+            return
+        }
+        while left > 0 {
+            if buffered == bufferSize { try flush() }
+            let k = min(left, bufferSize - buffered)
+            (buffer + buffered).copyMemory(from: src, byteCount: k)
+            buffered += k
+            src += k
+            left -= k
+        }
+    }
+
+    private func flush() throws {
+        guard buffered > 0 else { return }
+        try pwriteAll(UnsafeRawBufferPointer(start: buffer, count: buffered), at: filePos)
+        filePos += buffered
+        buffered = 0
+    }
+
+    private func pwriteAll(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw MM1Error(file: tempPath, "write failed: \(String(cString: strerror(errno)))")
+            }
+            done += n
+        }
+    }
+
+    static func headerBytes(_ base: [String: Any], entries: [TensorEntry], offsets: [Int], digests: [String],
+                            sections: [(name: String, encoding: String, stored: [UInt8], rawLength: Int, sha: String, offset: Int)]) throws -> [UInt8] {
+        var h = base
+        h["tensors"] = entries.enumerated().map { i, t -> [String: Any] in
+            var d: [String: Any] = ["name": t.name, "dtype": t.dtype, "shape": t.shape, "offset": offsets[i],
+                                    "length": t.length, "sha256": digests[i]]
+            if let q = t.quant { d["quant"] = q }
+            return d
+        }
+        h["sections"] = sections.map {
+            ["name": $0.name, "encoding": $0.encoding, "offset": $0.offset, "length": $0.stored.count,
+             "raw_length": $0.rawLength, "sha256": $0.sha] as [String: Any]
+        }
+        return try CanonicalJSON.bytes(h)
+    }
+}
+
+func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
+    let chars = Array("0123456789abcdef".utf8)
+    var out = [UInt8]()
+    for b in digest {
+        out.append(chars[Int(b >> 4)])
+        out.append(chars[Int(b & 15)])
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+/// JSON with sorted keys and no insignificant whitespace, so equal values give equal bytes.
+public enum CanonicalJSON {
+    public static func bytes(_ value: Any) throws -> [UInt8] {
+        do {
+            let data = try JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes])
+            return [UInt8](data)
+        } catch {
+            throw MM1Error("cannot encode JSON: \(error)")
+        }
+    }
+}

@@ -1,0 +1,355 @@
+import Crypto
+import Foundation
+
+public struct ConvertOptions: Sendable {
+    public enum TargetDType: String, Sendable, CaseIterable {
+        /// Each tensor keeps its stored float type.
+        case auto, f32, f16, bf16
+    }
+
+    public var dtype: TargetDType = .auto
+    /// Built-in layout name; nil detects it.
+    public var layout: String?
+    /// A mapping file to use instead of the built-in one.
+    public var mappingFile: String?
+    /// Record unmatched source tensors in the metadata instead of failing.
+    public var allowUnused = false
+    public var showProgress = true
+
+    public init() {}
+}
+
+public struct ConvertReport: Sendable {
+    public var layout: String
+    public var tensors: Int
+    public var bytes: Int
+    public var ignored: [String: String]
+    public var unused: [String]
+    public var seconds: Double
+}
+
+/// An opened checkpoint with everything needed to convert it.
+public struct OpenedSource {
+    public var layout: String
+    public var source: TensorSource
+    /// Directory holding the config and tokenizer files.
+    public var configDir: String
+    public var config: [String: Any]
+}
+
+public enum Converter {
+    public static let toolVersion = "0.1.0"
+
+    /// Files carried into the bundle as sections when the source has them.
+    static let sectionFiles = ["config.json", "generation_config.json", "preprocessor_config.json",
+                               "special_tokens_map.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                               "chat_template.json", "chat_template.jinja", "open_clip_config.json", "mm1pack_config.json"]
+    static let maxSectionBytes = 64 << 20
+
+    // MARK: opening
+
+    static func isDir(_ p: String) -> Bool {
+        var d: ObjCBool = false
+        return FileManager.default.fileExists(atPath: p, isDirectory: &d) && d.boolValue
+    }
+
+    static func exists(_ p: String) -> Bool { FileManager.default.fileExists(atPath: p) }
+
+    /// Decides the layout from the files (and config) present.
+    public static func detectLayout(_ path: String) throws -> String {
+        guard exists(path) else { throw MM1Error(file: path, "does not exist") }
+        let dir = isDir(path) ? path : (path as NSString).deletingLastPathComponent
+        if isDir(path) {
+            if exists(path + "/index") && isDir(path + "/gda") { return "axlearn" }
+            if isDir(path + "/checkpoints") { return "axlearn" }
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+            if entries.contains(where: { $0.hasPrefix("step_") }) { return "axlearn" }
+        }
+        if exists(dir + "/open_clip_config.json") { return "openclip" }
+        if exists(dir + "/config.json") {
+            let cfg = try SourceConfig.readJSON(dir + "/config.json")
+            let type = cfg["model_type"] as? String ?? ""
+            if type == "honeybee" || cfg["projector_config"] != nil || cfg["visual_projector_config"] != nil { return "honeybee" }
+            if ["llava", "llama", "mistral", "mixtral"].contains(type) { return "llava" }
+            throw MM1Error(file: dir + "/config.json", "model_type '\(type)' is not a layout mm1pack knows; pass --layout (one of \(LayoutMapping.builtinNames.joined(separator: ", ")))")
+        }
+        throw MM1Error(file: path, "cannot tell the checkpoint layout (no config.json, open_clip_config.json or AXLearn index); pass --layout")
+    }
+
+    public static func open(_ path: String, layout explicitLayout: String? = nil) throws -> OpenedSource {
+        var opened = try openRaw(path, layout: explicitLayout)
+        opened.config = SourceConfig.normalize(opened.config)
+        return opened
+    }
+
+    static func openRaw(_ path: String, layout explicitLayout: String?) throws -> OpenedSource {
+        let layout = try explicitLayout ?? detectLayout(path)
+        switch layout {
+        case "axlearn":
+            let reader = try AXLearnReader(path: path)
+            return OpenedSource(layout: layout, source: reader, configDir: reader.root,
+                                config: try SourceConfig.axlearn(stepDir: reader.root))
+        case "llava", "honeybee", "openclip":
+            let reader = try SafetensorsReader(path: path)
+            let dir = isDir(path) ? path : (path as NSString).deletingLastPathComponent
+            let config: [String: Any]
+            switch layout {
+            case "llava": config = try SourceConfig.llava(dir: dir)
+            case "honeybee": config = try SourceConfig.honeybee(dir: dir)
+            default: config = try SourceConfig.openclip(dir: dir)
+            }
+            return OpenedSource(layout: layout, source: reader, configDir: dir, config: config)
+        default:
+            throw MM1Error(file: path, "unknown layout '\(layout)' (known: axlearn, honeybee, llava, openclip)")
+        }
+    }
+
+    // MARK: planning
+
+    /// Matches the source against the layout and the canonical schema. Every problem found is reported at once.
+    public static func plan(_ opened: OpenedSource, options: ConvertOptions) throws -> (plan: MappingPlan, order: [CanonicalSchema.Entry]) {
+        let mapping = try options.mappingFile.map { try LayoutMapping.load(path: $0) } ?? LayoutMapping.builtin(opened.layout)
+        let plan = try Mapper.plan(source: opened.source.tensors, layout: mapping, config: opened.config)
+        let root = opened.source.root
+        if !plan.unmatched.isEmpty && !options.allowUnused {
+            throw MM1Error(file: root, "\(plan.unmatched.count) source tensor(s) match no rule of layout '\(mapping.name)' (\(mapping.file)); fix the mapping or pass --allow-unused to record them in the bundle's metadata: \(plan.unmatched.joined(separator: ", "))")
+        }
+        let expected: [CanonicalSchema.Entry]
+        do { expected = try CanonicalSchema.expected(opened.config) } catch let e as MM1Error { throw e.inFile(root) }
+        let expectedNames = Set(expected.map(\.name))
+        let missing = expected.filter { plan.tensors[$0.name] == nil }.map(\.name)
+        if !missing.isEmpty {
+            throw MM1Error(file: root, "the configuration needs \(missing.count) tensor(s) the source does not have: \(missing.joined(separator: ", "))")
+        }
+        let extra = plan.tensors.keys.filter { !expectedNames.contains($0) }.sorted()
+        if !extra.isEmpty {
+            let detail = extra.map { "\($0) (from '\(plan.tensors[$0]!.parts[0].source)')" }
+            throw MM1Error(file: root, "the source has \(extra.count) tensor(s) the configuration does not use (the config and the weights disagree): \(detail.joined(separator: ", "))")
+        }
+        var shapeErrors: [String] = []
+        for e in expected {
+            let p = plan.tensors[e.name]!
+            if p.shape != e.shape {
+                let src = p.parts.count == 1 ? "'\(p.parts[0].source)' \(opened.source.tensors[p.parts[0].source]!.shape)" : "\(p.parts.count) stacked tensors such as '\(p.parts[0].source)'"
+                shapeErrors.append("\(e.name): the config implies \(e.shape), the source gives \(p.shape) (from \(src))")
+            }
+        }
+        if !shapeErrors.isEmpty {
+            throw MM1Error(file: root, "shapes do not fit the configuration: \(shapeErrors.joined(separator: "; "))")
+        }
+        return (plan, expected)
+    }
+
+    // MARK: converting
+
+    public static func convert(source path: String, output: String, options: ConvertOptions) throws -> ConvertReport {
+        let t0 = Date()
+        let opened = try open(path, layout: options.layout)
+        let (plan, order) = try plan(opened, options: options)
+        let src = opened.source
+
+        // Source digests are computed on the other core while the tensors stream.
+        let digests = FileDigests(root: src.root, files: src.files)
+        digests.start()
+
+        var entries: [BundleWriter.TensorEntry] = []
+        var dtypes: [DType] = []
+        for e in order {
+            let p = plan.tensors[e.name]!
+            let srcType = src.tensors[p.parts[0].source]!.dtype
+            let dt: DType = options.dtype == .auto ? srcType : DType(rawValue: options.dtype.rawValue)!
+            dtypes.append(dt)
+            entries.append(.init(name: e.name, dtype: dt.rawValue, shape: e.shape, length: e.shape.reduce(1, *) * dt.byteSize))
+        }
+        var sections: [BundleWriter.Section] = []
+        for name in sectionFiles {
+            let p = opened.configDir + "/" + name
+            guard exists(p) else { continue }
+            let size = (try? FileManager.default.attributesOfItem(atPath: p)[.size] as? Int) ?? 0
+            guard size <= maxSectionBytes else { throw MM1Error(file: p, "is \(size) bytes; files carried into a bundle are limited to \(maxSectionBytes)") }
+            guard let data = FileManager.default.contents(atPath: p) else { throw MM1Error(file: p, "cannot read") }
+            sections.append(.init(name: name, raw: [UInt8](data)))
+        }
+        var metadata: [String: Any] = [:]
+        if !plan.unmatched.isEmpty { metadata["unused_tensors"] = plan.unmatched }
+        if !plan.ignored.isEmpty { metadata["ignored_tensors"] = plan.ignored }
+
+        var provenance: [String: Any] = [
+            "tool": "mm1pack", "tool_version": toolVersion, "source_layout": opened.layout,
+            "options": ["dtype": options.dtype.rawValue, "layout": options.layout ?? opened.layout,
+                        "allow_unused": options.allowUnused,
+                        "mapping": options.mappingFile.map { ($0 as NSString).lastPathComponent } ?? "builtin:\(opened.layout)"] as [String: Any],
+        ]
+        provenance["source_files"] = digests.placeholder()
+
+        let writer = try BundleWriter(path: output, tensors: entries, sections: sections, config: opened.config,
+                                      provenance: provenance, metadata: metadata)
+        var finished = false
+        defer { if !finished { writer.abort() } }
+        let totalBytes = entries.reduce(0) { $0 + $1.length }
+        let progress = Progress(label: "convert", totalItems: entries.count, totalBytes: totalBytes, enabled: options.showProgress)
+        let scratch = Scratch()
+        var done = 0
+        for (i, e) in order.enumerated() {
+            progress.update(item: i + 1, bytes: done, detail: e.name)
+            try writer.beginTensor(e.name)
+            let p = plan.tensors[e.name]!
+            for part in p.parts {
+                try stream(part, of: e.name, source: src, to: dtypes[i], writer: writer, scratch: scratch) { n in
+                    done += n
+                    progress.update(item: i + 1, bytes: done, detail: e.name)
+                }
+            }
+            for part in p.parts { src.release(part.source) }
+        }
+        progress.done()
+        // The header's provenance needs the source digests; wait for them, then write the header.
+        let files = try digests.wait()
+        provenance["source_files"] = files
+        try writer.setProvenance(provenance)
+        try writer.finish()
+        finished = true
+        return ConvertReport(layout: opened.layout, tensors: entries.count, bytes: totalBytes, ignored: plan.ignored,
+                             unused: plan.unmatched, seconds: Date().timeIntervalSince(t0))
+    }
+
+    /// Reusable buffers, so streaming allocates once.
+    final class Scratch {
+        private var boxBuf: UnsafeMutableRawBufferPointer = .init(start: nil, count: 0)
+        private var outBuf: UnsafeMutableRawBufferPointer = .init(start: nil, count: 0)
+
+        deinit {
+            boxBuf.deallocate()
+            outBuf.deallocate()
+        }
+
+        func box(_ n: Int) -> UnsafeMutableRawBufferPointer { Scratch.ensure(&boxBuf, n) }
+        func out(_ n: Int) -> UnsafeMutableRawBufferPointer { Scratch.ensure(&outBuf, n) }
+
+        private static func ensure(_ buf: inout UnsafeMutableRawBufferPointer, _ n: Int) -> UnsafeMutableRawBufferPointer {
+            if buf.count < n {
+                buf.deallocate()
+                buf = .allocate(byteCount: max(n, 64), alignment: 64)
+            }
+            return UnsafeMutableRawBufferPointer(rebasing: buf[0..<n])
+        }
+    }
+
+    /// Output rows are produced in batches of about this many bytes, which bounds memory whatever the tensor size.
+    static let batchBytes = 32 << 20
+
+    static func stream(_ part: PlannedTensor.Part, of name: String, source: TensorSource, to dtype: DType,
+                       writer: BundleWriter, scratch: Scratch, progress: (Int) -> Void) throws {
+        guard let info = source.tensors[part.source] else { throw MM1Error(tensor: part.source, "vanished from the source") }
+        let view = part.view
+        let mapped = try source.mappedBytes(part.source)
+        let rows = view.rank == 0 ? 1 : view.shape[0]
+        let rowElements = max(1, view.elementCount / max(rows, 1))
+        var batch = max(1, batchBytes / (rowElements * max(dtype.byteSize, info.dtype.byteSize)))
+        var r0 = 0
+        while r0 < rows {
+            var n = min(batch, rows - r0)
+            var v = view
+            if view.rank > 0 && n < rows {
+                do {
+                    try v.slice(axis: 0, from: r0, count: n)
+                } catch {
+                    // A composite first axis cannot be cut anywhere: take the whole view at once.
+                    batch = rows
+                    n = rows - r0
+                    v = view
+                    if r0 != 0 { throw MM1Error(tensor: name, "internal error: cannot batch the rows of this view") }
+                }
+            }
+            let count = v.elementCount
+            let out = scratch.out(count * dtype.byteSize)
+            if let mapped {
+                let (base, loops) = v.loops(boxOrigin: Array(repeating: 0, count: info.shape.count), boxShape: info.shape)
+                ElementCopy.gather(src: mapped.baseAddress!, from: info.dtype, base: base, loops: loops,
+                                   dst: out.baseAddress!, to: dtype)
+            } else {
+                let (lower, upper) = v.sourceBox
+                let boxShape = zip(lower, upper).map { $1 - $0 }
+                let box = scratch.box(boxShape.reduce(1, *) * info.dtype.byteSize)
+                try source.read(part.source, lower: lower, upper: upper, into: box)
+                let (base, loops) = v.loops(boxOrigin: lower, boxShape: boxShape)
+                ElementCopy.gather(src: UnsafeRawPointer(box.baseAddress!), from: info.dtype, base: base, loops: loops,
+                                   dst: out.baseAddress!, to: dtype)
+            }
+            if let bad = ElementCopy.firstNonFinite(out.baseAddress!, count: count, dtype: dtype) {
+                let value = ElementCopy.value(out.baseAddress!, index: bad, dtype: dtype)
+                let why = value.isNaN ? "NaN" : (dtype != info.dtype ? "\(value) (a value too large for \(dtype.rawValue), or ±Inf in the source)" : "\(value)")
+                throw MM1Error(file: info.file, tensor: part.source, "element \(bad) of rows \(r0)..<\(r0 + n) (canonical '\(name)') is \(why); a bundle never stores NaN or Inf")
+            }
+            try writer.write(UnsafeRawBufferPointer(out))
+            progress(out.count)
+            r0 += n
+        }
+    }
+}
+
+/// SHA-256 of each source file, computed on a background thread while conversion runs.
+final class FileDigests: @unchecked Sendable {
+    let root: String
+    let files: [String]
+    private var result: Result<[[String: Any]], MM1Error>?
+    private let done = DispatchSemaphore(value: 0)
+
+    init(root: String, files: [String]) {
+        self.root = root
+        self.files = files.sorted()
+    }
+
+    /// The entries with sizes from the directory and a zero digest of the final width, so the header's length is
+    /// known before the digests are.
+    func placeholder() -> [[String: Any]] {
+        files.map { ["path": $0, "size": FileDigests.size(root + "/" + $0), "sha256": String(repeating: "0", count: 64)] }
+    }
+
+    static func size(_ path: String) -> Int {
+        var st = stat()
+        return stat(path, &st) == 0 ? Int(st.st_size) : -1
+    }
+
+    func start() {
+        let t = Thread { [self] in
+            result = Result { try compute() }.mapError { ($0 as? MM1Error) ?? MM1Error("\($0)") }
+            done.signal()
+        }
+        t.stackSize = 1 << 20
+        t.start()
+    }
+
+    func wait() throws -> [[String: Any]] {
+        done.wait()
+        return try result!.get()
+    }
+
+    private func compute() throws -> [[String: Any]] {
+        let bufSize = 4 << 20
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: bufSize, alignment: 4096)
+        defer { buf.deallocate() }
+        var out: [[String: Any]] = []
+        for f in files {
+            let path = root + "/" + f
+            let fd = Foundation.open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw MM1Error(file: path, "cannot open: \(String(cString: strerror(errno)))") }
+            defer { close(fd) }
+            var h = SHA256()
+            var size = 0
+            while true {
+                let n = read(fd, buf, bufSize)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw MM1Error(file: path, "read failed: \(String(cString: strerror(errno)))")
+                }
+                if n == 0 { break }
+                h.update(bufferPointer: UnsafeRawBufferPointer(start: buf, count: n))
+                size += n
+            }
+            guard size == FileDigests.size(path) else { throw MM1Error(file: path, "changed while it was being converted") }
+            out.append(["path": f, "size": size, "sha256": hex(h.finalize())])
+        }
+        return out
+    }
+}

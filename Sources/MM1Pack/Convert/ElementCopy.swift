@@ -1,0 +1,107 @@
+import Foundation
+
+/// Moves elements from a source buffer to a destination buffer, walking a view's loops and converting the float
+/// encoding on the way (f32/f16/bf16, round-to-nearest-even when narrowing). This is the converter's only inner
+/// loop, so the common cases (same dtype, contiguous rows) are memcpy.
+public enum ElementCopy {
+    /// Copies `loops` (outermost first; an element offset `base + Σ iₖ·strideₖ` in the source) into `dst`
+    /// densely, converting `from` → `to`.
+    public static func gather(src: UnsafeRawPointer, from: DType, base: Int, loops: [(size: Int, stride: Int)],
+                              dst: UnsafeMutableRawPointer, to: DType) {
+        let inner = loops.last ?? (size: 1, stride: 1)
+        let outer = loops.dropLast()
+        var counters = Array(repeating: 0, count: outer.count)
+        var dstPos = dst
+        let outerCount = outer.reduce(1) { $0 * $1.size }
+        var offset = base
+        for _ in 0..<outerCount {
+            row(src: src + offset * from.byteSize, from: from, stride: inner.stride, count: inner.size, dst: dstPos, to: to)
+            dstPos += inner.size * to.byteSize
+            // Odometer over the outer loops.
+            var k = outer.count - 1
+            while k >= 0 {
+                let l = outer[outer.startIndex + k]
+                counters[k] += 1
+                offset += l.stride
+                if counters[k] < l.size { break }
+                offset -= l.stride * l.size
+                counters[k] = 0
+                k -= 1
+            }
+        }
+    }
+
+    @inline(__always)
+    static func row(src: UnsafeRawPointer, from: DType, stride: Int, count: Int, dst: UnsafeMutableRawPointer, to: DType) {
+        if from == to && stride == 1 {
+            dst.copyMemory(from: src, byteCount: count * from.byteSize)
+            return
+        }
+        switch (from, to) {
+        case (.f32, .f32): strided(src, UInt32.self, stride, count, dst) { $0 }
+        case (.f16, .f16), (.bf16, .bf16): strided(src, UInt16.self, stride, count, dst) { $0 }
+        case (.bf16, .f32): strided(src, UInt16.self, stride, count, dst) { UInt32($0) << 16 }
+        case (.f16, .f32): strided(src, UInt16.self, stride, count, dst) { Float(Float16(bitPattern: $0)).bitPattern }
+        case (.f32, .f16): strided(src, UInt32.self, stride, count, dst) { Float16(Float(bitPattern: $0)).bitPattern }
+        case (.f32, .bf16): strided(src, UInt32.self, stride, count, dst) { bf16(fromBits: $0) }
+        case (.bf16, .f16): strided(src, UInt16.self, stride, count, dst) { Float16(Float(bitPattern: UInt32($0) << 16)).bitPattern }
+        case (.f16, .bf16): strided(src, UInt16.self, stride, count, dst) { bf16(fromBits: Float(Float16(bitPattern: $0)).bitPattern) }
+        default: preconditionFailure("unsupported conversion \(from) → \(to): the planner admits only f32/f16/bf16")
+        }
+    }
+
+    @inline(__always)
+    static func strided<S, D>(_ src: UnsafeRawPointer, _: S.Type, _ stride: Int, _ count: Int,
+                              _ dst: UnsafeMutableRawPointer, _ f: (S) -> D) {
+        let s = src.assumingMemoryBound(to: S.self)
+        let d = dst.assumingMemoryBound(to: D.self)
+        var j = 0
+        for i in 0..<count {
+            d[i] = f(s[j])
+            j += stride
+        }
+    }
+
+    /// binary32 bits → bfloat16, round to nearest even (finite inputs; NaN/Inf are refused before this matters).
+    @inline(__always)
+    public static func bf16(fromBits u: UInt32) -> UInt16 {
+        UInt16(truncatingIfNeeded: (u &+ 0x7FFF &+ ((u >> 16) & 1)) >> 16)
+    }
+
+    /// Index of the first element that is NaN or ±Inf in a dense buffer of `dtype`, or nil.
+    public static func firstNonFinite(_ p: UnsafeRawPointer, count: Int, dtype: DType) -> Int? {
+        switch dtype {
+        case .f32:
+            let u = p.assumingMemoryBound(to: UInt32.self)
+            var any: UInt32 = 0
+            // Branch-free scan first (vectorises); locate only when something was found.
+            for i in 0..<count { any |= ((u[i] & 0x7F80_0000) == 0x7F80_0000) ? 1 : 0 }
+            if any == 0 { return nil }
+            return (0..<count).first { u[$0] & 0x7F80_0000 == 0x7F80_0000 }
+        case .f16:
+            let u = p.assumingMemoryBound(to: UInt16.self)
+            var any: UInt16 = 0
+            for i in 0..<count { any |= ((u[i] & 0x7C00) == 0x7C00) ? 1 : 0 }
+            if any == 0 { return nil }
+            return (0..<count).first { u[$0] & 0x7C00 == 0x7C00 }
+        case .bf16:
+            let u = p.assumingMemoryBound(to: UInt16.self)
+            var any: UInt16 = 0
+            for i in 0..<count { any |= ((u[i] & 0x7F80) == 0x7F80) ? 1 : 0 }
+            if any == 0 { return nil }
+            return (0..<count).first { u[$0] & 0x7F80 == 0x7F80 }
+        default:
+            return nil
+        }
+    }
+
+    /// The value at `index` of a dense buffer, widened to Float, for error messages.
+    public static func value(_ p: UnsafeRawPointer, index: Int, dtype: DType) -> Float {
+        switch dtype {
+        case .f32: return p.load(fromByteOffset: index * 4, as: Float.self)
+        case .f16: return Float(Float16(bitPattern: p.load(fromByteOffset: index * 2, as: UInt16.self)))
+        case .bf16: return Float(bitPattern: UInt32(p.load(fromByteOffset: index * 2, as: UInt16.self)) << 16)
+        default: return .nan
+        }
+    }
+}
