@@ -250,7 +250,7 @@ static int jv_utf8(jv *v) {
     return 1;
 }
 
-static int jv_string(jv *v) {
+static int jv_string(jv *v, int is_key) {
     /* v->p[v->i] == '"' */
     v->i++;
     for (;;) {
@@ -271,6 +271,8 @@ static int jv_string(jv *v) {
             case 'u': {
                 unsigned u;
                 if (!jv_u4(v, &u)) return 0;
+                /* json-c keeps keys as C strings: a NUL would silently truncate the key. */
+                if (u == 0 && is_key) return jv_fail(v, "\\u0000 in an object key");
                 if (u >= 0xDC00 && u <= 0xDFFF) return jv_fail(v, "unpaired low surrogate in \\u escape");
                 if (u >= 0xD800 && u <= 0xDBFF) {
                     if (v->n - v->i < 2 || v->p[v->i] != '\\' || v->p[v->i + 1] != 'u')
@@ -367,7 +369,7 @@ static int jv_value(jv *v, int depth) {
         for (;;) {
             jv_ws(v);
             if (v->i >= v->n || v->p[v->i] != '"') return jv_fail(v, "expected a string key");
-            if (!jv_string(v)) return 0;
+            if (!jv_string(v, 1)) return 0;
             jv_ws(v);
             if (v->i >= v->n || v->p[v->i] != ':') return jv_fail(v, "expected ':'");
             v->i++;
@@ -407,7 +409,7 @@ static int jv_value(jv *v, int depth) {
             return jv_fail(v, "expected ',' or ']'");
         }
     case '"':
-        return jv_string(v);
+        return jv_string(v, 0);
     case 't':
         return jv_literal(v, "true");
     case 'f':
@@ -859,8 +861,8 @@ static int parse_tensors(mm1b_bundle *b, ectx *x, json_object *arr, uint64_t *cu
                 return 0;
             }
             t->shape[d] = (uint64_t)dv;
-            if (!mul_u64(numel, (uint64_t)dv, &numel)) {
-                set_error(x, MM1B_EFORMAT, name, "the number of elements of shape overflows 64 bits");
+            if (!mul_u64(numel, (uint64_t)dv, &numel) || numel > (uint64_t)INT64_MAX) {
+                set_error(x, MM1B_EFORMAT, name, "the number of elements of shape overflows (more than 2^63 - 1)");
                 return 0;
             }
         }

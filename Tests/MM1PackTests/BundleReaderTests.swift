@@ -425,6 +425,8 @@ final class BundleReaderTests: XCTestCase {
                       "duplicate key")
         assertRefused(withHeader(emptyHeaderText { $0.replacingOccurrences(of: #""tool":"mm1pack""#, with: #""tool":"mm1pack","t\u006fol":"x""#) }),
                       "duplicate key")
+        assertRefused(withHeader(emptyHeaderText { $0.replacingOccurrences(of: #""tool":"mm1pack""#, with: #""tool":"mm1pack","tool\u0000x":"x""#) }),
+                      "\\u0000 in an object key")
     }
 
     func testMissingAndUnknownMembers() {
@@ -497,6 +499,10 @@ final class BundleReaderTests: XCTestCase {
         // numel fits 64 bits but numel × 4 does not
         assertRefused(TestBundle.build { TestBundle.setTensor(&$0, 0, "shape", [4_611_686_018_427_387_904, 2]) },
                       "overflow")
+        // A quantized tensor's element count must fit an Int too.
+        var t = TestBundle.standardTensors
+        t.append(TestBundle.Tensor(name: "q", dtype: "i8", shape: [4_611_686_018_427_387_904, 3], bytes: [1], quant: ["scheme": "x"]))
+        assertRefused(TestBundle.build(tensors: t), "tensor 'q'", "overflows")
     }
 
     func testMisalignedOffset() {
@@ -609,6 +615,31 @@ final class BundleReaderTests: XCTestCase {
         XCTAssertThrowsError(try open(sec([two])).sectionData(named: "two.bin")) { e in
             XCTAssertTrue("\(e)".contains("exactly one frame"), "\(e)")
         }
+    }
+
+    /// The project's writer and this reader agree on the format (layout, padding, sections, digests).
+    func testReadsBundleWriterOutput() throws {
+        let path = dir.appendingPathComponent("written.mm1").path
+        let text = Array(String(repeating: "tokenizer ", count: 200).utf8)
+        let w = try BundleWriter(
+            path: path,
+            tensors: [
+                .init(name: "a.weight", dtype: "f32", shape: [3], length: 12),
+                .init(name: "b.weight", dtype: "bf16", shape: [2, 2], length: 8),
+            ],
+            sections: [.init(name: "tokenizer.json", raw: text), .init(name: "x.txt", raw: [1])],
+            config: ["llm": ["hidden_size": 3]], provenance: ["tool": "mm1pack"], metadata: [:])
+        for (name, bytes) in [("a.weight", TestBundle.f32([1, 2, 3])), ("b.weight", [UInt8](repeating: 0x3f, count: 8))] {
+            try w.beginTensor(name)
+            try bytes.withUnsafeBytes { try w.write($0) }
+        }
+        try w.finish()
+        let r = try BundleReader(path: path)
+        XCTAssertEqual(r.tensors.map(\.name), ["a.weight", "b.weight"])
+        XCTAssertEqual(Array(r.tensor(named: "a.weight")!.data.bindMemory(to: Float.self)), [1, 2, 3])
+        XCTAssertEqual(r.checkAll(), [])
+        XCTAssertEqual(try r.sectionData(named: "tokenizer.json"), text)
+        XCTAssertEqual(try r.sectionData(named: "x.txt"), [1])
     }
 
     // MARK: - Robustness

@@ -14,7 +14,7 @@ final class FixtureConversionTests: XCTestCase {
     }
 
     func testEveryFixtureInEveryDType() throws {
-        let out = TestPaths.tempDir("fixtures")
+        let out = makeTempDir("fixtures")
         for fixture in TestPaths.fixtureNames {
             let exp = try expected(fixture)
             for dtype in [ConvertOptions.TargetDType.f32, .f16, .bf16] {
@@ -35,7 +35,7 @@ final class FixtureConversionTests: XCTestCase {
     }
 
     func testAutoDTypeKeepsSourceTypes() throws {
-        let out = TestPaths.tempDir("auto")
+        let out = makeTempDir("auto")
         for fixture in TestPaths.fixtureNames {
             let exp = try expected(fixture)
             let path = "\(out)/\(fixture).mm1"

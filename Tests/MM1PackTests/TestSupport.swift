@@ -14,11 +14,6 @@ enum TestPaths {
     static let fixtureNames = ["axlearn-dense", "axlearn-moe", "honeybee-dense", "honeybee-moe", "llama-text",
                                "llava-llama", "llava-mixtral", "llava-mixtral-v5", "openclip-vit"]
 
-    static func tempDir(_ tag: String = "t") -> String {
-        let p = FileManager.default.temporaryDirectory.appendingPathComponent("mm1pack-\(tag)-\(UUID().uuidString)").path
-        try! FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
-        return p
-    }
 }
 
 func quietOptions(_ dtype: ConvertOptions.TargetDType = .auto) -> ConvertOptions {

@@ -6,6 +6,10 @@ usage: mkbundle.py OUT_DIR
 import hashlib, json, os, struct, sys
 
 
+# One zstd frame (single segment, content size 3) holding one raw block "abc", written by hand (RFC 8878).
+ZSTD_ABC = b"\x28\xb5\x2f\xfd" + b"\x20\x03" + b"\x19\x00\x00" + b"abc"
+
+
 def bundle(tensors, sections=(), config=None, alignment=64):
     """tensors: [(name, dtype, shape, bytes, quant-or-None)], sections: [(name, 'raw'|'zstd', stored, raw)]."""
     data = bytearray()
@@ -50,6 +54,10 @@ def main():
         "small.mm1": bundle(tens, secs),
         "empty.mm1": bundle([]),
         "one.mm1": bundle([("w", "f32", [1], b"\0\0\x80\x3f", None)]),
+        "rank8.mm1": bundle([("a.b_c.9", "f32", [1, 1, 1, 1, 1, 1, 2, 1], bytes(8), None),
+                             ("i", "i8", [3], b"\1\2\3", {"scheme": "i8", "blocks": [{"offset": 0, "length": 3}]})],
+                            [("tok.model", "zstd", ZSTD_ABC, b"abc"),
+                             ("vocab-x.txt", "raw", b"", b"")]),
     }
     for name, b in files.items():
         with open(os.path.join(out, name), "wb") as f:

@@ -1,7 +1,7 @@
 /*
  * libFuzzer target for the bundle parser:
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -I../../Sources/CMM1Bundle/include mm1b_fuzz.c \
- *         ../../Sources/CMM1Bundle/*.c $(pkg-config --cflags --libs json-c)
+ *         ../../Sources/CMM1Bundle/mm1bundle.c ../../Sources/CMM1Bundle/sha256.c $(pkg-config --cflags --libs json-c)
  * Opening must never crash or read out of bounds; on success every accessor and digest check is exercised.
  * The input is used as is, a second time with the header digest fixed up, and a third time with the whole prefix
  * and padding rebuilt around its header text and data, so that the fuzzer gets into the JSON and table validation.

@@ -59,7 +59,7 @@ typedef struct mm1b_tensor {
     uint32_t element_size;   /* 4, 2, 2 for float dtypes; 0 for quantized dtypes */
     uint32_t rank;           /* 0..8 */
     uint64_t shape[MM1B_MAX_RANK]; /* shape[0..rank), each >= 1; unused entries are 0 */
-    uint64_t numel;          /* product of shape (1 for rank 0) */
+    uint64_t numel;          /* product of shape (1 for rank 0), at most 2^63 - 1 */
     uint64_t offset;         /* absolute file offset of the first byte */
     uint64_t rel_offset;     /* offset relative to data_offset, as stored in the header */
     uint64_t length;         /* bytes */

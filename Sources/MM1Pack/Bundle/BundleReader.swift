@@ -15,6 +15,8 @@ public struct BundleTensor: @unchecked Sendable, CustomStringConvertible {
     /// The dtype as stored: `f32`, `f16`, `bf16`, `i8`, `q4`.
     public let dtypeName: String
     public let shape: [Int]
+    /// Product of the shape (1 for a scalar); the C parser guarantees it fits an `Int`.
+    public let elementCount: Int
     /// Absolute file offset of the first byte.
     public let offset: Int
     /// Offset relative to the data section, as stored in the header.
@@ -28,7 +30,6 @@ public struct BundleTensor: @unchecked Sendable, CustomStringConvertible {
     public let data: UnsafeRawBufferPointer
 
     public var isQuantized: Bool { quantJSON != nil }
-    public var elementCount: Int { shape.reduce(1, *) }
 
     public var description: String {
         "\(name) \(dtypeName) \(shape) offset \(offset) length \(length) sha256 \(sha256)"
@@ -126,7 +127,7 @@ public final class BundleReader: @unchecked Sendable {
             let quant = t.quant_json.map { String(cString: $0) }
             let dtype: DType? = quant == nil ? DType(rawValue: dtypeName) : nil
             tensors.append(BundleTensor(
-                index: i, name: name, dtype: dtype, dtypeName: dtypeName, shape: shape, offset: Int(t.offset),
+                index: i, name: name, dtype: dtype, dtypeName: dtypeName, shape: shape, elementCount: Int(t.numel), offset: Int(t.offset),
                 relativeOffset: Int(t.rel_offset), length: Int(t.length), sha256: sha, quantJSON: quant,
                 data: UnsafeRawBufferPointer(start: t.data, count: Int(t.length))))
             tensorIndex[name] = i

@@ -1,0 +1,222 @@
+import Foundation
+import XCTest
+@testable import MM1Pack
+
+/// Damaged checkpoints must fail with an error that names the file and the tensor, and must leave no output file
+/// (not even a partial one) behind.
+final class BrokenSourceTests: XCTestCase {
+    var dir = ""
+
+    override func setUp() { dir = makeTempDir("broken") }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    /// A private copy of a fixture to damage.
+    func copyFixture(_ name: String) throws -> String {
+        let dst = dir + "/" + name
+        try FileManager.default.copyItem(atPath: TestPaths.fixture(name), toPath: dst)
+        return dst
+    }
+
+    /// A safetensors file split into its header (as a mutable dictionary) and its data bytes.
+    func load(_ path: String) throws -> (header: [String: Any], data: [UInt8]) {
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        let n = Int(bytes[0..<8].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) })
+        let header = try JSONSerialization.jsonObject(with: Data(bytes[8..<(8 + n)])) as! [String: Any]
+        return (header, Array(bytes[(8 + n)...]))
+    }
+
+    func save(_ path: String, _ header: [String: Any], _ data: [UInt8]) throws {
+        let h = String(decoding: try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys]), as: UTF8.self)
+        try STWriter.raw(header: h, data: data).write(to: URL(fileURLWithPath: path))
+    }
+
+    /// Converts and expects failure mentioning every fragment, with no output and no temporary file left.
+    func expectFailure(_ src: String, _ fragments: [String], allowUnused: Bool = false,
+                       file: StaticString = #filePath, line: UInt = #line) {
+        let out = dir + "/out.mm1"
+        var o = quietOptions()
+        o.allowUnused = allowUnused
+        XCTAssertThrowsError(try Converter.convert(source: src, output: out, options: o), file: file, line: line) { e in
+            let msg = "\(e)"
+            for f in fragments { XCTAssertTrue(msg.contains(f), "'\(f)' missing from: \(msg)", file: file, line: line) }
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out), "an output file was left behind", file: file, line: line)
+        let leftovers = (try? FileManager.default.contentsOfDirectory(atPath: dir))?.filter { $0.contains("partial") } ?? []
+        XCTAssertEqual(leftovers, [], "temporary files left behind", file: file, line: line)
+    }
+
+    func testTruncatedFile() throws {
+        let src = try copyFixture("llava-llama")
+        let f = src + "/model.safetensors"
+        let data = try Data(contentsOf: URL(fileURLWithPath: f))
+        try data.prefix(data.count - 10).write(to: URL(fileURLWithPath: f))
+        expectFailure(src, ["model.safetensors", "truncated"])
+    }
+
+    func testLyingHeader() throws {
+        let src = try copyFixture("llava-llama")
+        let f = src + "/model.safetensors"
+        var (h, d) = try load(f)
+        var t = h["language_model.model.norm.weight"] as! [String: Any]
+        t["shape"] = [4096]
+        h["language_model.model.norm.weight"] = t
+        try save(f, h, d)
+        expectFailure(src, ["model.safetensors", "language_model.model.norm.weight"])
+        (h, d) = try load(TestPaths.fixture("llava-llama") + "/model.safetensors")
+        t = h["language_model.model.norm.weight"] as! [String: Any]
+        t["dtype"] = "F16"
+        h["language_model.model.norm.weight"] = t
+        try save(f, h, d)
+        expectFailure(src, ["model.safetensors", "language_model.model.norm.weight"])
+    }
+
+    func testOverlappingOffsets() throws {
+        let src = try copyFixture("llava-llama")
+        let f = src + "/model.safetensors"
+        var (h, d) = try load(f)
+        let names = h.keys.filter { $0 != "__metadata__" }.sorted {
+            (((h[$0] as! [String: Any])["data_offsets"] as! [Int])[0]) < (((h[$1] as! [String: Any])["data_offsets"] as! [Int])[0])
+        }
+        // Move the second tensor's window back by 4 bytes: it now overlaps the first.
+        var t = h[names[1]] as! [String: Any]
+        let off = t["data_offsets"] as! [Int]
+        t["data_offsets"] = [off[0] - 4, off[1] - 4]
+        h[names[1]] = t
+        try save(f, h, d)
+        expectFailure(src, ["model.safetensors"])
+    }
+
+    func testMissingShard() throws {
+        let src = try copyFixture("llava-mixtral")
+        try FileManager.default.removeItem(atPath: src + "/model-00002-of-00003.safetensors")
+        expectFailure(src, ["model-00002-of-00003.safetensors"])
+    }
+
+    func testUnknownDType() throws {
+        let src = try copyFixture("llava-llama")
+        let f = src + "/model.safetensors"
+        var (h, d) = try load(f)
+        var t = h["multi_modal_projector.linear_1.bias"] as! [String: Any]
+        t["dtype"] = "Q3"
+        h["multi_modal_projector.linear_1.bias"] = t
+        try save(f, h, d)
+        expectFailure(src, ["model.safetensors", "multi_modal_projector.linear_1.bias", "Q3"])
+    }
+
+    /// Appends one tensor to a safetensors file.
+    func addTensor(_ f: String, name: String, dtype: String, shape: [Int], bytes: [UInt8]) throws {
+        var (h, d) = try load(f)
+        h[name] = ["dtype": dtype, "shape": shape, "data_offsets": [d.count, d.count + bytes.count]]
+        d += bytes
+        try save(f, h, d)
+    }
+
+    func testUnconsumedTensorIsAnErrorUnlessAllowed() throws {
+        let src = try copyFixture("llava-llama")
+        try addTensor(src + "/model.safetensors", name: "language_model.model.extra_adapter.weight", dtype: "F32",
+                      shape: [2], bytes: bytesOf([Float(1), 2]))
+        expectFailure(src, ["language_model.model.extra_adapter.weight", "--allow-unused"])
+        var o = quietOptions()
+        o.allowUnused = true
+        let out = dir + "/allowed.mm1"
+        _ = try Converter.convert(source: src, output: out, options: o)
+        let b = try BundleReader(path: out)
+        XCTAssertEqual(b.metadata["unused_tensors"] as? [String], ["language_model.model.extra_adapter.weight"])
+    }
+
+    func testMissingTensor() throws {
+        let src = try copyFixture("llava-llama")
+        let f = src + "/model.safetensors"
+        var (h, d) = try load(f)
+        // Drop the last tensor in data order so the rest stays contiguous.
+        let last = h.keys.filter { $0 != "__metadata__" }.max {
+            (((h[$0] as! [String: Any])["data_offsets"] as! [Int])[0]) < (((h[$1] as! [String: Any])["data_offsets"] as! [Int])[0])
+        }!
+        let off = (h[last] as! [String: Any])["data_offsets"] as! [Int]
+        h[last] = nil
+        d.removeSubrange(off[0]...)
+        try save(f, h, d)
+        let canonical = try Mapper.plan(source: SafetensorsReader(path: TestPaths.fixture("llava-llama")).tensors.filter { $0.key == last },
+                                        layout: LayoutMapping.builtin("llava"), config: [:]).tensors.keys.first!
+        expectFailure(src, ["does not have", canonical])
+    }
+
+    func testShapeThatDoesNotFitTheConfig() throws {
+        let src = try copyFixture("llava-llama")
+        var cfg = try SourceConfig.readJSON(src + "/config.json")
+        var text = cfg["text_config"] as! [String: Any]
+        text["intermediate_size"] = (text["intermediate_size"] as! Int) * 2
+        cfg["text_config"] = text
+        try JSONSerialization.data(withJSONObject: cfg).write(to: URL(fileURLWithPath: src + "/config.json"))
+        expectFailure(src, ["llm.layers.0.mlp.gate.weight", "language_model.model.layers.0.mlp.gate_proj.weight", "the config implies"])
+    }
+
+    func testNaNAndInfAreRefused() throws {
+        for (bits, word) in [(UInt32(0x7FC0_0000), "NaN"), (UInt32(0x7F80_0000), "inf")] {
+            let src = try copyFixture("llava-llama")
+            let f = src + "/model.safetensors"
+            var (h, d) = try load(f)
+            let t = h["language_model.model.layers.1.self_attn.k_proj.weight"] as! [String: Any]
+            let start = (t["data_offsets"] as! [Int])[0] + 4 * 5
+            for i in 0..<4 { d[start + i] = UInt8(truncatingIfNeeded: bits >> (8 * UInt32(i))) }
+            try save(f, h, d)
+            expectFailure(src, ["model.safetensors", "language_model.model.layers.1.self_attn.k_proj.weight", "element 5", word])
+            try FileManager.default.removeItem(atPath: src)
+        }
+    }
+
+    func testOverflowToInfWhenNarrowingIsRefused() throws {
+        let src = try copyFixture("llava-llama")
+        let f = src + "/model.safetensors"
+        var (h, d) = try load(f)
+        let t = h["language_model.model.norm.weight"] as! [String: Any]
+        let start = (t["data_offsets"] as! [Int])[0]
+        let big = Float(1e6).bitPattern
+        for i in 0..<4 { d[start + i] = UInt8(truncatingIfNeeded: big >> (8 * UInt32(i))) }
+        try save(f, h, d)
+        let out = dir + "/f16.mm1"
+        XCTAssertThrowsError(try Converter.convert(source: src, output: out, options: quietOptions(.f16))) { e in
+            XCTAssertTrue("\(e)".contains("too large for f16"), "\(e)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out))
+        // bf16 has f32's range: the same source converts.
+        _ = try Converter.convert(source: src, output: out, options: quietOptions(.bf16))
+    }
+
+    func testCorruptZarrChunk() throws {
+        let src = try copyFixture("axlearn-dense")
+        let chunk = src + "/checkpoints/step_00000100/gda/model/decoder/emb/token_emb/weight/1.0"
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: chunk)))
+        bytes[bytes.count / 2] ^= 0xFF
+        bytes.removeLast(3)
+        try Data(bytes).write(to: URL(fileURLWithPath: chunk))
+        expectFailure(src, ["model/decoder/emb/token_emb/weight"])
+    }
+
+    func testCommandLineExitCodeAndMessage() throws {
+        let bin = productsDirectory.appendingPathComponent("mm1pack").path
+        guard FileManager.default.isExecutableFile(atPath: bin) else { throw XCTSkip("mm1pack binary not built at \(bin)") }
+        let src = try copyFixture("llava-mixtral")
+        try FileManager.default.removeItem(atPath: src + "/model-00003-of-00003.safetensors")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: bin)
+        p.arguments = ["convert", src, "-o", dir + "/cli.mm1"]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = Pipe()
+        try p.run()
+        p.waitUntilExit()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(p.terminationStatus, 2)
+        XCTAssertTrue(text.hasPrefix("mm1pack: error: "), text)
+        XCTAssertTrue(text.contains("model-00003-of-00003.safetensors"), text)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/cli.mm1"))
+    }
+
+    var productsDirectory: URL {
+        for b in Bundle.allBundles where b.bundlePath.hasSuffix(".xctest") {
+            return b.bundleURL.deletingLastPathComponent()
+        }
+        return Bundle.main.bundleURL
+    }
+}
