@@ -262,6 +262,18 @@ public enum Converter {
                 }
             }
             let count = v.elementCount
+            if let mapped, dtype == info.dtype {
+                let (base, loops) = v.loops(boxOrigin: Array(repeating: 0, count: info.shape.count), boxShape: info.shape)
+                if loops.count <= 1 && (loops.first?.stride ?? 1) == 1 {
+                    // Contiguous and unconverted: check, hash and write straight from the mapping.
+                    let bytes = UnsafeRawBufferPointer(rebasing: mapped[(base * dtype.byteSize)..<((base + count) * dtype.byteSize)])
+                    try checkFinite(bytes.baseAddress!, count: count, dtype: dtype, source: info, rows: r0..<(r0 + n), name: name)
+                    try writer.write(bytes)
+                    progress(bytes.count)
+                    r0 += n
+                    continue
+                }
+            }
             let out = scratch.out(count * dtype.byteSize)
             if let mapped {
                 let (base, loops) = v.loops(boxOrigin: Array(repeating: 0, count: info.shape.count), boxShape: info.shape)
@@ -276,15 +288,23 @@ public enum Converter {
                 ElementCopy.gather(src: UnsafeRawPointer(box.baseAddress!), from: info.dtype, base: base, loops: loops,
                                    dst: out.baseAddress!, to: dtype)
             }
-            if let bad = ElementCopy.firstNonFinite(out.baseAddress!, count: count, dtype: dtype) {
-                let value = ElementCopy.value(out.baseAddress!, index: bad, dtype: dtype)
-                let why = value.isNaN ? "NaN" : (dtype != info.dtype ? "\(value) (a value too large for \(dtype.rawValue), or ±Inf in the source)" : "\(value)")
-                throw MM1Error(file: info.file, tensor: part.source, "element \(bad) of rows \(r0)..<\(r0 + n) (canonical '\(name)') is \(why); a bundle never stores NaN or Inf")
-            }
+            try checkFinite(out.baseAddress!, count: count, dtype: dtype, source: info, rows: r0..<(r0 + n), name: name)
             try writer.write(UnsafeRawBufferPointer(out))
             progress(out.count)
             r0 += n
         }
+    }
+}
+
+extension Converter {
+    /// Refuses NaN and ±Inf (and finite values that overflowed when narrowing), naming where they are.
+    static func checkFinite(_ p: UnsafeRawPointer, count: Int, dtype: DType, source info: SourceTensorInfo,
+                            rows: Range<Int>, name: String) throws {
+        guard let bad = ElementCopy.firstNonFinite(p, count: count, dtype: dtype) else { return }
+        let value = ElementCopy.value(p, index: bad, dtype: dtype)
+        let why = value.isNaN ? "NaN" : (dtype != info.dtype ? "\(value) (a value too large for \(dtype.rawValue), or ±Inf in the source)" : "\(value)")
+        throw MM1Error(file: info.file, tensor: info.name,
+                       "element \(bad) of rows \(rows.lowerBound)..<\(rows.upperBound) (canonical '\(name)') is \(why); a bundle never stores NaN or Inf")
     }
 }
 
