@@ -213,6 +213,33 @@ final class SynthTests: XCTestCase {
         XCTAssertEqual(s, "[[\"step\", 3], [\"prng_key\", {\"dtype\": \"uint32\", \"shape\": \"(2,)\"}], [\"model/x\", {\"dtype\": \"bfloat16\", \"shape\": \"(2, 3)\"}], [\"learner/c\", {\"dtype\": \"int32\", \"shape\": \"()\"}]]")
     }
 
+    func testPipelineMatchesSequentialGeneration() throws {
+        let tensors = [Synth.Planned(name: "a", dtype: .bf16, shape: [5_000_000], values: .weight),  // 10 MB
+                       Synth.Planned(name: "e", dtype: .f32, shape: [0], values: .weight),
+                       Synth.Planned(name: "b", dtype: .f32, shape: [6_000_000], values: .scale),  // 24 MB: 2 pieces
+                       Synth.Planned(name: "c", dtype: .f16, shape: [3], values: .weight)]
+        var sequential: [[UInt8]] = []
+        let g = PieceGenerator(seed: 5)
+        for t in tensors {
+            var bytes: [UInt8] = []
+            try g.stream(t) { bytes += $0 }
+            sequential.append(bytes)
+        }
+        var piped = [[UInt8]](repeating: [], count: tensors.count)
+        var events: [String] = []
+        try PiecePipeline(tensors: tensors, seed: 5).run(begin: { events.append("b\($0)") },
+                                                         piece: { i, p in piped[i] += p },
+                                                         end: { events.append("e\($0)") })
+        XCTAssertEqual(events, ["b0", "e0", "b1", "e1", "b2", "e2", "b3", "e3"])
+        XCTAssertEqual(piped, sequential)
+        XCTAssertEqual(piped[2].count, 24_000_000)
+
+        // A consumer error stops the producer and is rethrown.
+        XCTAssertThrowsError(try PiecePipeline(tensors: tensors, seed: 5).run(begin: { _ in }, piece: { i, _ in
+            if i == 2 { throw MM1Error("stop") }
+        }, end: { _ in }))
+    }
+
     func testValuesLookNormal() throws {
         let g = PieceGenerator(seed: 1)
         let t = Synth.Planned(name: "w", dtype: .f32, shape: [100_000], values: .weight)

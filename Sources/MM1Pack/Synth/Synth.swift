@@ -585,7 +585,6 @@ public enum Synth {
         let totalBytes = planned.reduce(0) { $0 + $1.bytes }
         let meter = Progress(label: "synth \(preset.rawValue) \(layout.rawValue)", totalItems: planned.count,
                              totalBytes: totalBytes, enabled: progress)
-        let generator = PieceGenerator(seed: seed)
 
         switch layout {
         case .llava, .honeybee:
@@ -597,14 +596,13 @@ public enum Synth {
                 maxShardBytes: maxShardBytes)
             do {
                 var written = 0
-                for (i, t) in planned.enumerated() {
-                    try writer.beginTensor(t.name)
-                    try generator.stream(t) { piece in
-                        try writer.write(piece)
-                        written += piece.count
-                        meter.update(item: i + 1, bytes: written, detail: t.name)
-                    }
-                }
+                try PiecePipeline(tensors: planned, seed: seed).run(begin: { i in
+                    try writer.beginTensor(planned[i].name)
+                }, piece: { i, piece in
+                    try writer.write(piece)
+                    written += piece.count
+                    meter.update(item: i + 1, bytes: written, detail: planned[i].name)
+                }, end: { _ in })
                 try writer.finish()
             } catch {
                 writer.abort()
@@ -620,19 +618,22 @@ public enum Synth {
             try writeSmallArray(stepDir + "/gda/prng_key", dtype: .u32, shape: [2], words: keyWords)
             index.append(.init(path: "prng_key", dtype: .u32, shape: [2]))
             var written = 0
-            for (i, t) in planned.enumerated() {
+            var array: ZarrArrayWriter?
+            try PiecePipeline(tensors: planned, seed: seed).run(begin: { i in
+                let t = planned[i]
                 let chunks = ZarrArrayWriter.streamingChunks(shape: t.shape, elementSize: t.dtype.byteSize,
                                                              maxChunkBytes: maxChunkBytes, unitLeadingAxis: t.stacked)
-                let array = try ZarrArrayWriter(directory: stepDir + "/gda/" + t.name, dtype: t.dtype, shape: t.shape,
-                                                chunks: chunks, zstdLevel: 1)
-                try generator.stream(t) { piece in
-                    try array.write(piece)
-                    written += piece.count
-                    meter.update(item: i + 1, bytes: written, detail: t.name)
-                }
-                try array.finish()
-                index.append(.init(path: t.name, dtype: t.dtype, shape: t.shape))
-            }
+                array = try ZarrArrayWriter(directory: stepDir + "/gda/" + t.name, dtype: t.dtype, shape: t.shape,
+                                            chunks: chunks, zstdLevel: 1)
+            }, piece: { i, piece in
+                try array!.write(piece)
+                written += piece.count
+                meter.update(item: i + 1, bytes: written, detail: planned[i].name)
+            }, end: { i in
+                try array!.finish()
+                array = nil
+                index.append(.init(path: planned[i].name, dtype: planned[i].dtype, shape: planned[i].shape))
+            })
             // An optimizer step counter, so that readers meet a non-model leaf (AXLearn's learner state).
             try writeSmallArray(stepDir + "/gda/learner/optimizer/0/count", dtype: .i32, shape: [], words: [UInt32(axlearnStep)])
             index.append(.init(path: "learner/optimizer/0/count", dtype: .i32, shape: []))
@@ -763,5 +764,119 @@ final class PieceGenerator {
             let rounded = bits &+ 0x7FFF &+ ((bits >> 16) & 1)
             p.storeBytes(of: UInt16(truncatingIfNeeded: rounded >> 16).littleEndian, toByteOffset: 2 * i, as: UInt16.self)
         }
+    }
+}
+
+/// Generates the values of a list of tensors on a background thread while the caller's thread writes them, so
+/// generation (user time) and writing (mostly kernel time) overlap on two cores. Three piece buffers circulate;
+/// every tensor yields at least one (possibly empty) piece, in order. Values depend only on the seed and each
+/// tensor's name, so the output is the same as a sequential run.
+final class PiecePipeline: @unchecked Sendable {
+    let tensors: [Synth.Planned]
+    let seed: UInt64
+    private let cond = NSCondition()
+    private var free: [Int]
+    private var filled: [(slot: Int, tensor: Int, bytes: Int)] = []
+    private var producerDone = false
+    private var cancelled = false
+    private var producerError: Error?
+    private let slots: [UnsafeMutableRawPointer]
+
+    init(tensors: [Synth.Planned], seed: UInt64, buffers: Int = 3) {
+        self.tensors = tensors
+        self.seed = seed
+        slots = (0..<buffers).map { _ in UnsafeMutableRawPointer.allocate(byteCount: Synth.pieceBytes, alignment: 64) }
+        free = Array(0..<buffers)
+    }
+
+    deinit { for s in slots { s.deallocate() } }
+
+    private func produce() {
+        do {
+            for (ti, t) in tensors.enumerated() {
+                var rng = SplitMix64(seed: seed, key: t.name)
+                let size = t.dtype.byteSize
+                let perPiece = Synth.pieceBytes / size
+                let offset: Float = t.values == .scale ? 1 : 0
+                var left = t.elements
+                repeat {
+                    cond.lock()
+                    while free.isEmpty && !cancelled { cond.wait() }
+                    if cancelled {
+                        cond.unlock()
+                        return
+                    }
+                    let slot = free.removeFirst()
+                    cond.unlock()
+                    let n = min(left, perPiece)
+                    let p = slots[slot]
+                    switch t.dtype {
+                    case .f32: PieceGenerator.fillF32(p, n, &rng, offset)
+                    case .f16: PieceGenerator.fillF16(p, n, &rng, offset)
+                    case .bf16: PieceGenerator.fillBF16(p, n, &rng, offset)
+                    default: throw MM1Error(tensor: t.name, "cannot generate \(t.dtype.rawValue) values")
+                    }
+                    cond.lock()
+                    filled.append((slot, ti, n * size))
+                    cond.signal()
+                    cond.unlock()
+                    left -= n
+                } while left > 0
+            }
+        } catch {
+            cond.lock()
+            producerError = error
+            cond.unlock()
+        }
+        cond.lock()
+        producerDone = true
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// Calls `begin(i)`, then `piece(i, bytes)` for each piece, then `end(i)` for every tensor in order.
+    func run(begin: (Int) throws -> Void, piece: (Int, UnsafeRawBufferPointer) throws -> Void,
+             end: (Int) throws -> Void) throws {
+        let finished = DispatchSemaphore(value: 0)
+        let thread = Thread { [self] in
+            produce()
+            finished.signal()
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+        var current = -1
+        do {
+            while true {
+                cond.lock()
+                while filled.isEmpty && !producerDone { cond.wait() }
+                if filled.isEmpty {
+                    let e = producerError
+                    cond.unlock()
+                    if let e { throw e }
+                    break
+                }
+                let item = filled.removeFirst()
+                cond.unlock()
+                if item.tensor != current {
+                    if current >= 0 { try end(current) }
+                    current = item.tensor
+                    try begin(current)
+                }
+                try piece(current, UnsafeRawBufferPointer(start: slots[item.slot], count: item.bytes))
+                cond.lock()
+                free.append(item.slot)
+                cond.signal()
+                cond.unlock()
+            }
+            if current >= 0 { try end(current) }
+        } catch {
+            cond.lock()
+            cancelled = true
+            cond.broadcast()
+            cond.unlock()
+            finished.wait()
+            throw error
+        }
+        finished.wait()
     }
 }
