@@ -19,10 +19,14 @@ let package = Package(
         .systemLibrary(name: "CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
         // The one parser of the bundle header, in C so that other runtimes link the same code (formats/bundle.md).
         .target(name: "CMM1Bundle", dependencies: ["CJSONC"]),
+        // System calls the Swift Glibc overlay does not expose (copy_file_range).
+        .target(name: "CSystemShims"),
+        // Small hot loops written in C so that they vectorise predictably.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(
             name: "MM1Pack",
             dependencies: [
-                "CZstd", "COpenBLAS", "CMM1Bundle",
+                "CZstd", "COpenBLAS", "CMM1Bundle", "CSystemShims", "CKernels",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),

@@ -1,3 +1,4 @@
+import CSystemShims
 import Crypto
 import Foundation
 
@@ -111,6 +112,7 @@ public final class BundleWriter {
 
     deinit {
         buffer.deallocate()
+        if sourceFD >= 0 { close(sourceFD) }
         if !finished {
             close(fd)
             unlink(tempPath)
@@ -146,8 +148,96 @@ public final class BundleWriter {
         guard written <= entries[current].length else {
             throw MM1Error(file: finalPath, tensor: entries[current].name, "more bytes than its declared length \(entries[current].length)")
         }
-        hasher.update(bufferPointer: bytes)
-        try append(bytes)
+        if bytes.count >= BundleWriter.parallelHashBytes {
+            // Hash on another core while this one writes: the two passes over the bytes overlap.
+            let box = HasherBox(hasher, bytes)
+            let done = DispatchSemaphore(value: 0)
+            DispatchQueue.global(qos: .userInitiated).async {
+                box.hasher.update(bufferPointer: box.chunk)
+                done.signal()
+            }
+            let result = Result { try append(bytes) }
+            done.wait()
+            hasher = box.hasher
+            try result.get()
+        } else {
+            hasher.update(bufferPointer: bytes)
+            try append(bytes)
+        }
+    }
+
+    /// Appends a tensor's bytes that are stored unchanged in a source file: the kernel copies them file to file
+    /// (copy_file_range, as `cp` does) while another thread hashes them from `bytes`, the same bytes seen through
+    /// the source's memory map. Falls back to an ordinary write where the kernel cannot copy.
+    public func write(copying range: FileRange, bytes: UnsafeRawBufferPointer) throws {
+        guard range.length == bytes.count else { throw MM1Error(file: range.path, "internal error: range and bytes differ in length") }
+        guard current >= 0 else { throw MM1Error(file: finalPath, "data written before any tensor") }
+        guard written + bytes.count <= entries[current].length else {
+            throw MM1Error(file: finalPath, tensor: entries[current].name, "more bytes than its declared length \(entries[current].length)")
+        }
+        if !kernelCopyWorks || bytes.count < BundleWriter.parallelHashBytes {
+            try write(bytes)
+            return
+        }
+        try flush()
+        let box = HasherBox(hasher, bytes)
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global(qos: .userInitiated).async {
+            box.hasher.update(bufferPointer: box.chunk)
+            done.signal()
+        }
+        let copied = Result { try kernelCopy(range) }
+        done.wait()
+        hasher = box.hasher
+        written += bytes.count
+        if try !copied.get() {
+            kernelCopyWorks = false
+            try append(bytes)
+        }
+    }
+
+    private var kernelCopyWorks = true
+    private var sourceFD: Int32 = -1
+    private var sourcePath = ""
+
+    /// Copies `range` to the current file position with copy_file_range; false when the kernel cannot do it here
+    /// (nothing was copied then).
+    private func kernelCopy(_ range: FileRange) throws -> Bool {
+        if sourcePath != range.path {
+            if sourceFD >= 0 { close(sourceFD) }
+            sourceFD = open(range.path, O_RDONLY | O_CLOEXEC)
+            sourcePath = range.path
+            guard sourceFD >= 0 else { return false }
+        }
+        var inOff = Int64(range.offset)
+        var outOff = Int64(filePos)
+        var left = range.length
+        while left > 0 {
+            let n = mm1_copy_file_range(sourceFD, &inOff, fd, &outOff, left)
+            if n < 0 {
+                if errno == EINTR { continue }
+                let err = errno
+                if left == range.length && [ENOSYS, EXDEV, EINVAL, EOPNOTSUPP, EBADF].contains(err) { return false }
+                throw MM1Error(file: tempPath, "copying from \(range.path) failed: \(String(cString: strerror(err)))")
+            }
+            if n == 0 { throw MM1Error(file: range.path, "ended before the tensor's bytes did") }
+            left -= n
+        }
+        filePos += range.length
+        return true
+    }
+
+    /// Chunks at least this large are hashed on a second thread while they are written.
+    static let parallelHashBytes = 1 << 20
+
+    /// Hands the hasher and the chunk to the hashing thread; the caller waits for it before touching either.
+    private final class HasherBox: @unchecked Sendable {
+        var hasher: SHA256
+        let chunk: UnsafeRawBufferPointer
+        init(_ h: SHA256, _ c: UnsafeRawBufferPointer) {
+            hasher = h
+            chunk = c
+        }
     }
 
     private func endTensorIfNeeded() throws {

@@ -14,6 +14,9 @@ public struct ConvertOptions: Sendable {
     public var mappingFile: String?
     /// Record unmatched source tensors in the metadata instead of failing.
     public var allowUnused = false
+    /// Record the SHA-256 of every source file in the provenance. Costs one more hashing pass over the source
+    /// (on the second core, overlapping the conversion).
+    public var sourceDigests = true
     public var showProgress = true
 
     public init() {}
@@ -149,7 +152,7 @@ public enum Converter {
         let src = opened.source
 
         // Source digests are computed on the other core while the tensors stream.
-        let digests = FileDigests(root: src.root, files: src.files)
+        let digests = FileDigests(root: src.root, files: src.files, hash: options.sourceDigests)
         digests.start()
 
         var entries: [BundleWriter.TensorEntry] = []
@@ -177,7 +180,7 @@ public enum Converter {
         var provenance: [String: Any] = [
             "tool": "mm1pack", "tool_version": toolVersion, "source_layout": opened.layout,
             "options": ["dtype": options.dtype.rawValue, "layout": options.layout ?? opened.layout,
-                        "allow_unused": options.allowUnused,
+                        "allow_unused": options.allowUnused, "source_digests": options.sourceDigests,
                         "mapping": options.mappingFile.map { ($0 as NSString).lastPathComponent } ?? "builtin:\(opened.layout)"] as [String: Any],
         ]
         provenance["source_files"] = digests.placeholder()
@@ -268,7 +271,12 @@ public enum Converter {
                     // Contiguous and unconverted: check, hash and write straight from the mapping.
                     let bytes = UnsafeRawBufferPointer(rebasing: mapped[(base * dtype.byteSize)..<((base + count) * dtype.byteSize)])
                     try checkFinite(bytes.baseAddress!, count: count, dtype: dtype, source: info, rows: r0..<(r0 + n), name: name)
-                    try writer.write(bytes)
+                    if let fileSource = source as? FileBackedTensorSource, let range = fileSource.fileRange(part.source) {
+                        let sub = FileRange(path: range.path, offset: range.offset + base * dtype.byteSize, length: bytes.count)
+                        try writer.write(copying: sub, bytes: bytes)
+                    } else {
+                        try writer.write(bytes)
+                    }
                     progress(bytes.count)
                     r0 += n
                     continue
@@ -315,15 +323,22 @@ final class FileDigests: @unchecked Sendable {
     private var result: Result<[[String: Any]], MM1Error>?
     private let done = DispatchSemaphore(value: 0)
 
-    init(root: String, files: [String]) {
+    let hash: Bool
+
+    init(root: String, files: [String], hash: Bool) {
         self.root = root
         self.files = files.sorted()
+        self.hash = hash
     }
 
     /// The entries with sizes from the directory and a zero digest of the final width, so the header's length is
     /// known before the digests are.
     func placeholder() -> [[String: Any]] {
-        files.map { ["path": $0, "size": FileDigests.size(root + "/" + $0), "sha256": String(repeating: "0", count: 64)] }
+        files.map { f -> [String: Any] in
+            var e: [String: Any] = ["path": f, "size": FileDigests.size(root + "/" + f)]
+            if hash { e["sha256"] = String(repeating: "0", count: 64) }
+            return e
+        }
     }
 
     static func size(_ path: String) -> Int {
@@ -332,6 +347,11 @@ final class FileDigests: @unchecked Sendable {
     }
 
     func start() {
+        guard hash else {
+            result = .success(placeholder())
+            done.signal()
+            return
+        }
         let t = Thread { [self] in
             result = Result { try compute() }.mapError { ($0 as? MM1Error) ?? MM1Error("\($0)") }
             done.signal()
@@ -346,29 +366,23 @@ final class FileDigests: @unchecked Sendable {
     }
 
     private func compute() throws -> [[String: Any]] {
-        let bufSize = 4 << 20
-        let buf = UnsafeMutableRawPointer.allocate(byteCount: bufSize, alignment: 4096)
-        defer { buf.deallocate() }
         var out: [[String: Any]] = []
+        let step = 64 << 20
         for f in files {
             let path = root + "/" + f
-            let fd = Foundation.open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw MM1Error(file: path, "cannot open: \(String(cString: strerror(errno)))") }
-            defer { close(fd) }
+            // Hash through a memory map (no copy into a buffer), dropping each piece's pages once hashed so the
+            // process stays small however large the file.
+            let m = try MappedFile(path: path)
             var h = SHA256()
-            var size = 0
-            while true {
-                let n = read(fd, buf, bufSize)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw MM1Error(file: path, "read failed: \(String(cString: strerror(errno)))")
-                }
-                if n == 0 { break }
-                h.update(bufferPointer: UnsafeRawBufferPointer(start: buf, count: n))
-                size += n
+            var pos = 0
+            while pos < m.size {
+                let n = min(step, m.size - pos)
+                h.update(bufferPointer: m.slice(offset: pos, length: n))
+                m.dropPages(offset: pos, length: n)
+                pos += n
             }
-            guard size == FileDigests.size(path) else { throw MM1Error(file: path, "changed while it was being converted") }
-            out.append(["path": f, "size": size, "sha256": hex(h.finalize())])
+            guard m.size == FileDigests.size(path) else { throw MM1Error(file: path, "changed while it was being converted") }
+            out.append(["path": f, "size": m.size, "sha256": hex(h.finalize())])
         }
         return out
     }

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Moves elements from a source buffer to a destination buffer, walking a view's loops and converting the float
@@ -70,29 +71,14 @@ public enum ElementCopy {
 
     /// Index of the first element that is NaN or ±Inf in a dense buffer of `dtype`, or nil.
     public static func firstNonFinite(_ p: UnsafeRawPointer, count: Int, dtype: DType) -> Int? {
+        let r: Int64
         switch dtype {
-        case .f32:
-            let u = p.assumingMemoryBound(to: UInt32.self)
-            var any: UInt32 = 0
-            // Branch-free scan first (vectorises); locate only when something was found.
-            for i in 0..<count { any |= ((u[i] & 0x7F80_0000) == 0x7F80_0000) ? 1 : 0 }
-            if any == 0 { return nil }
-            return (0..<count).first { u[$0] & 0x7F80_0000 == 0x7F80_0000 }
-        case .f16:
-            let u = p.assumingMemoryBound(to: UInt16.self)
-            var any: UInt16 = 0
-            for i in 0..<count { any |= ((u[i] & 0x7C00) == 0x7C00) ? 1 : 0 }
-            if any == 0 { return nil }
-            return (0..<count).first { u[$0] & 0x7C00 == 0x7C00 }
-        case .bf16:
-            let u = p.assumingMemoryBound(to: UInt16.self)
-            var any: UInt16 = 0
-            for i in 0..<count { any |= ((u[i] & 0x7F80) == 0x7F80) ? 1 : 0 }
-            if any == 0 { return nil }
-            return (0..<count).first { u[$0] & 0x7F80 == 0x7F80 }
-        default:
-            return nil
+        case .f32: r = mm1_first_nonfinite_f32(p, count)
+        case .f16: r = mm1_first_nonfinite_f16(p, count)
+        case .bf16: r = mm1_first_nonfinite_bf16(p, count)
+        default: return nil
         }
+        return r < 0 ? nil : Int(r)
     }
 
     /// The value at `index` of a dense buffer, widened to Float, for error messages.

@@ -6,7 +6,7 @@ import Foundation
 /// Every file is memory-mapped and validated when opened, following the reference reader's rules (header size,
 /// UTF-8 JSON object without duplicate keys, known dtypes, offsets that tile the data buffer exactly, nothing
 /// after the last tensor). Integer and bool tensors are listed with their true dtype.
-public final class SafetensorsReader: TensorSource, @unchecked Sendable {
+public final class SafetensorsReader: FileBackedTensorSource, @unchecked Sendable {
     public static let maxHeaderSize = 100_000_000
     public static let indexFileName = "model.safetensors.index.json"
 
@@ -177,6 +177,10 @@ public final class SafetensorsReader: TensorSource, @unchecked Sendable {
     public func prefetch(_ name: String) {
         guard let e = entries[name] else { return }
         mapped[e.fileIndex].willNeed(offset: e.offset, length: e.byteCount)
+    }
+
+    public func fileRange(_ name: String) -> FileRange? {
+        entries[name].map { FileRange(path: mapped[$0.fileIndex].path, offset: $0.offset, length: $0.byteCount) }
     }
 
     /// Absolute path of the file holding `name`.

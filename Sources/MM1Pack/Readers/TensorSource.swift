@@ -40,3 +40,16 @@ public protocol TensorSource: AnyObject {
     /// process (they stay in the page cache), which keeps resident memory near one tensor.
     func release(_ name: String)
 }
+
+/// Where a tensor's stored bytes lie in a plain file.
+public struct FileRange: Sendable, Equatable {
+    public var path: String
+    public var offset: Int
+    public var length: Int
+}
+
+public protocol FileBackedTensorSource: TensorSource {
+    /// The file range holding `name`'s stored bytes, when they are stored uncompressed, so that a writer can let
+    /// the kernel copy them (copy_file_range) instead of copying through user memory.
+    func fileRange(_ name: String) -> FileRange?
+}

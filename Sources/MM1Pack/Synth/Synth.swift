@@ -619,12 +619,13 @@ public enum Synth {
             index.append(.init(path: "prng_key", dtype: .u32, shape: [2]))
             var written = 0
             var array: ZarrArrayWriter?
+            let scratch = ZarrArrayWriter.Scratch()
             try PiecePipeline(tensors: planned, seed: seed).run(begin: { i in
                 let t = planned[i]
                 let chunks = ZarrArrayWriter.streamingChunks(shape: t.shape, elementSize: t.dtype.byteSize,
                                                              maxChunkBytes: maxChunkBytes, unitLeadingAxis: t.stacked)
                 array = try ZarrArrayWriter(directory: stepDir + "/gda/" + t.name, dtype: t.dtype, shape: t.shape,
-                                            chunks: chunks, zstdLevel: 1)
+                                            chunks: chunks, zstdLevel: 1, scratch: scratch)
             }, piece: { i, piece in
                 try array!.write(piece)
                 written += piece.count

@@ -82,10 +82,11 @@ public final class ZarrArrayWriter {
     private let chunkBytes: Int
     private let grid: [Int]
     private let totalBytes: Int
-    private var chunkBuffer: UnsafeMutableRawPointer
-    private var outBuffer: UnsafeMutableRawPointer
-    private let outCapacity: Int
-    private var cctx: OpaquePointer?
+    private let scratch: Scratch
+    private var chunkBuffer: UnsafeMutableRawPointer { scratch.chunk }
+    private var outBuffer: UnsafeMutableRawPointer { scratch.out }
+    private var outCapacity: Int { scratch.outCapacity }
+    private var cctx: OpaquePointer? { scratch.cctx }
     private var filled = 0
     private var chunkOrdinal = 0
     private var written = 0
@@ -95,8 +96,41 @@ public final class ZarrArrayWriter {
     /// Chunk file names written (relative to `directory`).
     public private(set) var chunkFiles: [String] = []
 
-    /// Creates `directory` (and parents) and writes `.zarray`.
-    public init(directory: String, dtype: DType, shape: [Int], chunks: [Int], zstdLevel: Int32 = 1) throws {
+    /// Buffers and a zstd context that consecutive writers can share, so writing many arrays allocates once.
+    public final class Scratch {
+        fileprivate var chunk = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
+        fileprivate var chunkCapacity = 64
+        fileprivate var out = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
+        fileprivate var outCapacity = 64
+        fileprivate let cctx: OpaquePointer?
+
+        public init() { cctx = ZSTD_createCCtx() }
+
+        deinit {
+            chunk.deallocate()
+            out.deallocate()
+            if let cctx { ZSTD_freeCCtx(cctx) }
+        }
+
+        fileprivate func reserve(chunkBytes: Int) {
+            if chunkCapacity < chunkBytes {
+                chunk.deallocate()
+                chunk = .allocate(byteCount: chunkBytes, alignment: 64)
+                chunkCapacity = chunkBytes
+            }
+            let bound = ZSTD_compressBound(chunkBytes)
+            if outCapacity < bound {
+                out.deallocate()
+                out = .allocate(byteCount: bound, alignment: 64)
+                outCapacity = bound
+            }
+        }
+    }
+
+    /// Creates `directory` (and parents) and writes `.zarray`. Pass a `scratch` to reuse buffers across arrays
+    /// (one writer at a time per scratch).
+    public init(directory: String, dtype: DType, shape: [Int], chunks: [Int], zstdLevel: Int32 = 1,
+                scratch: Scratch? = nil) throws {
         guard shape.count == chunks.count else {
             throw MM1Error(file: directory, "shape \(shape) and chunks \(chunks) have different ranks")
         }
@@ -122,10 +156,8 @@ public final class ZarrArrayWriter {
         self.grid = zip(shape, chunks).map { ($0 + $1 - 1) / $1 }
         self.totalBytes = elements * dtype.byteSize
         guard chunkBytes <= 1 << 32 else { throw MM1Error(file: directory, "chunk \(chunks) is too large to stream") }
-        chunkBuffer = .allocate(byteCount: max(chunkBytes, 1), alignment: 64)
-        outCapacity = ZSTD_compressBound(max(chunkBytes, 1))
-        outBuffer = .allocate(byteCount: outCapacity, alignment: 64)
-        cctx = ZSTD_createCCtx()
+        self.scratch = scratch ?? Scratch()
+        self.scratch.reserve(chunkBytes: max(chunkBytes, 1))
 
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let meta = "{\"chunks\":[\(chunks.map(String.init).joined(separator: ","))],"
@@ -133,12 +165,6 @@ public final class ZarrArrayWriter {
             + "\"dtype\":\"\(ZarrArrayWriter.zarrDType(dtype))\",\"fill_value\":null,\"filters\":null,\"order\":\"C\","
             + "\"shape\":[\(shape.map(String.init).joined(separator: ","))],\"zarr_format\":2}"
         try writeFileAtomically(directory + "/.zarray", Array(meta.utf8))
-    }
-
-    deinit {
-        chunkBuffer.deallocate()
-        outBuffer.deallocate()
-        if let cctx { ZSTD_freeCCtx(cctx) }
     }
 
     /// Number of data bytes the current chunk holds (less than `chunkBytes` for an edge chunk).
