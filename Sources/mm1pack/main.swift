@@ -43,12 +43,14 @@ struct Convert: ParsableCommand {
     @Option(help: "A layout mapping file to use instead of the built-in one.") var mapping: String?
     @Flag(help: "Record source tensors that no rule maps in the bundle's metadata instead of failing.") var allowUnused = false
     @Flag(inversion: .prefixedNo, help: "Record each source file's SHA-256 in the provenance (one extra hashing pass over the source).") var sourceDigests = true
+    @Flag(help: "AXLearn: read zarr chunks that are absent on disk as zeros (TensorStore skips writing all-zero chunks) instead of failing.") var missingChunksAsZeros = false
     @Flag(name: .shortAndLong, help: "No progress output.") var quiet = false
 
     func run() throws {
         try MM1PackCLI_run {
             var o = ConvertOptions()
             o.sourceDigests = sourceDigests
+            o.missingChunksAsZeros = missingChunksAsZeros
             guard let dt = ConvertOptions.TargetDType(rawValue: dtype) else {
                 throw MM1Error("--dtype must be one of auto, f32, f16, bf16 (got '\(dtype)')")
             }

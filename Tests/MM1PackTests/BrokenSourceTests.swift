@@ -219,4 +219,48 @@ final class BrokenSourceTests: XCTestCase {
         }
         return Bundle.main.bundleURL
     }
+
+    /// A state-dict dump of a tied model keeps lm_head: dropped when it equals the embedding, refused otherwise.
+    func testTiedHeadPresentInTheSource() throws {
+        let src = try copyFixture("llama-text")
+        let f = src + "/model.safetensors"
+        var (h, d) = try load(f)
+        let emb = h["model.embed_tokens.weight"] as! [String: Any]
+        let off = emb["data_offsets"] as! [Int]
+        let embBytes = Array(d[off[0]..<off[1]])
+        try addTensor(f, name: "lm_head.weight", dtype: emb["dtype"] as! String, shape: emb["shape"] as! [Int], bytes: embBytes)
+        let out = dir + "/tied.mm1"
+        _ = try Converter.convert(source: src, output: out, options: quietOptions())
+        let b = try BundleReader(path: out)
+        XCTAssertNil(b.tensor(named: "llm.head.weight"))
+        XCTAssertNotNil((b.metadata["ignored_tensors"] as? [String: Any])?["lm_head.weight"])
+        // Same tensor with one value changed: the config's tying is wrong, which must not pass silently.
+        (h, d) = try load(f)
+        let head = h["lm_head.weight"] as! [String: Any]
+        d[(head["data_offsets"] as! [Int])[0]] ^= 0x01
+        try save(f, h, d)
+        expectFailure(src, ["lm_head.weight", "differs"])
+    }
+
+    func testInconsistentConfigIsRefused() throws {
+        let src = try copyFixture("axlearn-moe")
+        var cfg = try SourceConfig.readJSON(src + "/mm1pack_config.json")
+        var llm = cfg["llm"] as! [String: Any]
+        var moe = llm["moe"] as! [String: Any]
+        moe["layers"] = nil
+        llm["moe"] = moe
+        cfg["llm"] = llm
+        try JSONSerialization.data(withJSONObject: cfg).write(to: URL(fileURLWithPath: src + "/mm1pack_config.json"))
+        expectFailure(src, ["mm1pack_config.json", "moe", "layers"])
+    }
+
+    func testOpenClipPrefersItsOwnWeightsFile() throws {
+        let src = try copyFixture("openclip-vit")
+        // A transformers copy beside the open_clip weights (as hub repositories have) must not be picked.
+        try STWriter.file([]).write(to: URL(fileURLWithPath: src + "/model.safetensors"))
+        let out = dir + "/oc.mm1"
+        _ = try Converter.convert(source: src, output: out, options: quietOptions())
+        XCTAssertNotNil(try BundleReader(path: out).tensor(named: "vit.head.weight"))
+    }
 }
+

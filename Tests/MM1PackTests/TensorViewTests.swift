@@ -188,4 +188,19 @@ final class MapperTests: XCTestCase {
             XCTAssertFalse(l.rules.isEmpty, name)
         }
     }
+
+    func testMistypedMembersAreRefused() throws {
+        XCTAssertThrowsError(try writeLayout("""
+        {"layout": "t", "rules": [{"from": "a", "to": "b", "stak": "e"}]}
+        """)) { XCTAssertTrue("\($0)".contains("stak"), "\($0)") }
+        XCTAssertThrowsError(try writeLayout("""
+        {"layout": "t", "rules": [{"from": "a", "to": "b.{p}", "ops": [
+          {"op": "split", "axis": 0, "names": ["q", "k"], "as": "p"},
+          {"op": "rope_interleaved_to_half", "axis": 0, "head_dim": 2, "when": {"p": "q"}}]}]}
+        """)) { XCTAssertTrue("\($0)".contains("when"), "\($0)") }
+        XCTAssertThrowsError(try writeLayout("""
+        {"layout": "t", "rules": [{"from": "a", "to": "b", "ops": [{"op": "transpose", "perm": [1, 0], "axis": 1}]}]}
+        """)) { XCTAssertTrue("\($0)".contains("axis"), "\($0)") }
+    }
 }
+

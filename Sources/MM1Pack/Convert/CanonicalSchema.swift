@@ -137,7 +137,9 @@ public enum CanonicalSchema {
                 out += [Entry(name: b + "attn.q.bias", shape: [nq * dh]), Entry(name: b + "attn.k.bias", shape: [nkv * dh]),
                         Entry(name: b + "attn.v.bias", shape: [nkv * dh])]
             }
-            out += [Entry(name: b + "attn.o.weight", shape: [d, nq * dh]), Entry(name: b + "mlp_norm.weight", shape: [d])]
+            out.append(Entry(name: b + "attn.o.weight", shape: [d, nq * dh]))
+            if (l["attention_out_bias"] as? Bool) ?? false { out.append(Entry(name: b + "attn.o.bias", shape: [d])) }
+            out.append(Entry(name: b + "mlp_norm.weight", shape: [d]))
             if moeLayers.contains(i) {
                 out += [Entry(name: b + "moe.router.weight", shape: [x, d]),
                         Entry(name: b + "moe.gate.weight", shape: [x, fe, d]), Entry(name: b + "moe.up.weight", shape: [x, fe, d]),

@@ -17,6 +17,9 @@ public struct ConvertOptions: Sendable {
     /// Record the SHA-256 of every source file in the provenance. Costs one more hashing pass over the source
     /// (on the second core, overlapping the conversion).
     public var sourceDigests = true
+    /// AXLearn: read zarr chunks absent on disk (with a null fill value) as zeros, as TensorStore does, instead of
+    /// failing. TensorStore skips writing chunks equal to the fill value, so all-zero parameters can have none.
+    public var missingChunksAsZeros = false
     public var showProgress = true
 
     public init() {}
@@ -38,6 +41,8 @@ public struct OpenedSource {
     /// Directory holding the config and tokenizer files.
     public var configDir: String
     public var config: [String: Any]
+    /// The file the config came from, for messages.
+    public var configFile: String? = nil
 }
 
 public enum Converter {
@@ -79,29 +84,41 @@ public enum Converter {
         throw MM1Error(file: path, "cannot tell the checkpoint layout (no config.json, open_clip_config.json or AXLearn index); pass --layout")
     }
 
-    public static func open(_ path: String, layout explicitLayout: String? = nil) throws -> OpenedSource {
-        var opened = try openRaw(path, layout: explicitLayout)
-        opened.config = SourceConfig.normalize(opened.config)
+    public static func open(_ path: String, layout explicitLayout: String? = nil, missingChunksAsZeros: Bool = false) throws -> OpenedSource {
+        var opened = try openRaw(path, layout: explicitLayout, missingChunksAsZeros: missingChunksAsZeros)
+        do {
+            opened.config = try SourceConfig.normalize(opened.config)
+        } catch let e as MM1Error {
+            throw e.inFile(opened.configFile ?? opened.configDir)
+        }
         return opened
     }
 
-    static func openRaw(_ path: String, layout explicitLayout: String?) throws -> OpenedSource {
+    static func openRaw(_ path: String, layout explicitLayout: String?, missingChunksAsZeros: Bool) throws -> OpenedSource {
         let layout = try explicitLayout ?? detectLayout(path)
         switch layout {
         case "axlearn":
-            let reader = try AXLearnReader(path: path)
-            return OpenedSource(layout: layout, source: reader, configDir: reader.root,
-                                config: try SourceConfig.axlearn(stepDir: reader.root))
+            let reader = try AXLearnReader(path: path, missingChunks: missingChunksAsZeros ? .zeros : .error)
+            let config = try SourceConfig.axlearn(stepDir: reader.root)
+            // Tokenizer and other side files sit beside mm1pack_config.json, not inside the step directory.
+            let cfgPath = SourceConfig.axlearnConfigPath(stepDir: reader.root)!
+            return OpenedSource(layout: layout, source: reader, configDir: (cfgPath as NSString).deletingLastPathComponent,
+                                config: config, configFile: cfgPath)
         case "llava", "honeybee", "openclip":
-            let reader = try SafetensorsReader(path: path)
             let dir = isDir(path) ? path : (path as NSString).deletingLastPathComponent
+            // open_clip repositories on the hub can hold a transformers copy (model.safetensors) beside the
+            // open_clip weights; the openclip layout means the latter.
+            let file = layout == "openclip" && isDir(path) && exists(path + "/open_clip_model.safetensors")
+                ? path + "/open_clip_model.safetensors" : path
+            let reader = try SafetensorsReader(path: file)
             let config: [String: Any]
             switch layout {
             case "llava": config = try SourceConfig.llava(dir: dir)
             case "honeybee": config = try SourceConfig.honeybee(dir: dir)
             default: config = try SourceConfig.openclip(dir: dir)
             }
-            return OpenedSource(layout: layout, source: reader, configDir: dir, config: config)
+            return OpenedSource(layout: layout, source: reader, configDir: dir, config: config,
+                                configFile: dir + (layout == "openclip" ? "/open_clip_config.json" : "/config.json"))
         default:
             throw MM1Error(file: path, "unknown layout '\(layout)' (known: axlearn, honeybee, llava, openclip)")
         }
@@ -112,7 +129,7 @@ public enum Converter {
     /// Matches the source against the layout and the canonical schema. Every problem found is reported at once.
     public static func plan(_ opened: OpenedSource, options: ConvertOptions) throws -> (plan: MappingPlan, order: [CanonicalSchema.Entry]) {
         let mapping = try options.mappingFile.map { try LayoutMapping.load(path: $0) } ?? LayoutMapping.builtin(opened.layout)
-        let plan = try Mapper.plan(source: opened.source.tensors, layout: mapping, config: opened.config)
+        var plan = try Mapper.plan(source: opened.source.tensors, layout: mapping, config: opened.config)
         let root = opened.source.root
         if !plan.unmatched.isEmpty && !options.allowUnused {
             throw MM1Error(file: root, "\(plan.unmatched.count) source tensor(s) match no rule of layout '\(mapping.name)' (\(mapping.file)); fix the mapping or pass --allow-unused to record them in the bundle's metadata: \(plan.unmatched.joined(separator: ", "))")
@@ -120,6 +137,17 @@ public enum Converter {
         let expected: [CanonicalSchema.Entry]
         do { expected = try CanonicalSchema.expected(opened.config) } catch let e as MM1Error { throw e.inFile(root) }
         let expectedNames = Set(expected.map(\.name))
+
+        // A state-dict dump of a tied model still holds the output head (transformers' save_pretrained drops it).
+        // It is redundant when it equals the embedding; if it differs, the config's tying is wrong.
+        if ((opened.config["llm"] as? [String: Any])?["tie_embeddings"] as? Bool) == true,
+           let head = plan.tensors["llm.head.weight"], let embed = plan.tensors["llm.embed.weight"] {
+            guard try sameValues(head, embed, source: opened.source) else {
+                throw MM1Error(file: root, tensor: head.parts[0].source, "the config ties the output head to the embedding (tie_word_embeddings), but the source's head differs from its embedding")
+            }
+            plan.tensors["llm.head.weight"] = nil
+            plan.ignored[head.parts[0].source] = "output head identical to the tied embedding"
+        }
         let missing = expected.filter { plan.tensors[$0.name] == nil }.map(\.name)
         if !missing.isEmpty {
             throw MM1Error(file: root, "the configuration needs \(missing.count) tensor(s) the source does not have: \(missing.joined(separator: ", "))")
@@ -143,11 +171,37 @@ public enum Converter {
         return (plan, expected)
     }
 
+    /// Whether two planned tensors hold the same values, compared as stored (both plain views of one source
+    /// tensor each, same dtype and shape); anything else counts as different.
+    static func sameValues(_ a: PlannedTensor, _ b: PlannedTensor, source: TensorSource) throws -> Bool {
+        guard a.parts.count == 1, b.parts.count == 1, a.shape == b.shape,
+              let ia = source.tensors[a.parts[0].source], let ib = source.tensors[b.parts[0].source],
+              ia.dtype == ib.dtype, ia.shape == ib.shape, a.parts[0].view == TensorView(sourceShape: ia.shape),
+              b.parts[0].view == TensorView(sourceShape: ib.shape), let rows = ia.shape.first, rows > 0
+        else { return false }
+        let rowBytes = ia.byteCount / rows
+        let batch = max(1, (8 << 20) / max(rowBytes, 1))
+        var bufA = [UInt8](repeating: 0, count: batch * rowBytes), bufB = bufA
+        var r = 0
+        while r < rows {
+            let n = min(batch, rows - r)
+            var lo = Array(repeating: 0, count: ia.shape.count)
+            lo[0] = r
+            var hi = ia.shape
+            hi[0] = r + n
+            try bufA.withUnsafeMutableBytes { try source.read(ia.name, lower: lo, upper: hi, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<(n * rowBytes)])) }
+            try bufB.withUnsafeMutableBytes { try source.read(ib.name, lower: lo, upper: hi, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<(n * rowBytes)])) }
+            if bufA[0..<(n * rowBytes)] != bufB[0..<(n * rowBytes)] { return false }
+            r += n
+        }
+        return true
+    }
+
     // MARK: converting
 
     public static func convert(source path: String, output: String, options: ConvertOptions) throws -> ConvertReport {
         let t0 = Date()
-        let opened = try open(path, layout: options.layout)
+        let opened = try open(path, layout: options.layout, missingChunksAsZeros: options.missingChunksAsZeros)
         let (plan, order) = try plan(opened, options: options)
         let src = opened.source
 
@@ -180,7 +234,7 @@ public enum Converter {
         var provenance: [String: Any] = [
             "tool": "mm1pack", "tool_version": toolVersion, "source_layout": opened.layout,
             "options": ["dtype": options.dtype.rawValue, "layout": options.layout ?? opened.layout,
-                        "allow_unused": options.allowUnused, "source_digests": options.sourceDigests,
+                        "allow_unused": options.allowUnused, "source_digests": options.sourceDigests, "missing_chunks_as_zeros": options.missingChunksAsZeros,
                         "mapping": options.mappingFile.map { ($0 as NSString).lastPathComponent } ?? "builtin:\(opened.layout)"] as [String: Any],
         ]
         provenance["source_files"] = digests.placeholder()

@@ -73,6 +73,9 @@ public enum SourceConfig {
         guard ["llama", "mistral", "mixtral"].contains(type) else {
             throw MM1Error(file: f.file, "\(f.section)model_type '\(type)' is not a supported language model (llama, mistral, mixtral)")
         }
+        if f.bool("mlp_bias", default: false) {
+            throw MM1Error(file: f.file, "\(f.section)mlp_bias = true is not supported (the canonical MLP has no biases)")
+        }
         let d = try f.int("hidden_size")
         let nq = try f.int("num_attention_heads")
         let nkv = f.int("num_key_value_heads", default: nq)
@@ -106,7 +109,9 @@ public enum SourceConfig {
             "rope_scaling": scaling,
             "max_position_embeddings": f.int("max_position_embeddings", default: 4096),
             "tie_embeddings": f.bool("tie_word_embeddings", default: tieDefault),
+            // transformers Llama's attention_bias puts biases on q, k, v and o alike.
             "attention_bias": f.bool("attention_bias", default: false),
+            "attention_out_bias": f.bool("attention_bias", default: false),
             "activation": f.string("hidden_act", default: "silu"),
             "moe": NSNull(),
             "bos_token_id": f.dict["bos_token_id"] as? Int as Any? ?? NSNull(),
@@ -190,6 +195,10 @@ public enum SourceConfig {
         guard let pc = top.sub("projector_config") ?? top.sub("visual_projector_config") else {
             throw MM1Error(file: path, "a honeybee config needs projector_config")
         }
+        let vType = vc.string("model_type", default: "clip_vision_model")
+        guard vType == "clip_vision_model" else {
+            throw MM1Error(file: path, "vision_config.model_type '\(vType)' is not supported (clip_vision_model)")
+        }
         let ptype = pc.string("projector_type", default: "c-abs")
         guard ptype == "c-abs" || ptype == "cabstractor" else {
             throw MM1Error(file: path, "projector_type '\(ptype)' is not supported (c-abs)")
@@ -272,9 +281,39 @@ public enum SourceConfig {
 
     /// Fills the fields that follow from others, so every bundle's config is complete (formats/canonical.md):
     /// the connector's input token count from the ViT grid, the ViT's final norm (CLIP encoders all have one).
-    public static func normalize(_ config: [String: Any]) -> [String: Any] {
+    public static func normalize(_ config: [String: Any]) throws -> [String: Any] {
         var cfg = config
         for k in ["vision", "connector", "llm", "image_token_id", "image_processor"] where cfg[k] == nil { cfg[k] = NSNull() }
+        let vision = cfg["vision"] as? [String: Any], connector = cfg["connector"] as? [String: Any]
+        let llm = cfg["llm"] as? [String: Any]
+        if connector != nil && vision == nil { throw MM1Error("config: a connector needs a vision encoder") }
+        if vision != nil && connector == nil && llm != nil {
+            throw MM1Error("config: a vision encoder and a language model need a connector between them")
+        }
+        if vision == nil && llm == nil { throw MM1Error("config: neither a vision encoder nor a language model") }
+        if let k = vision?["kind"] as? String, k != "clip_vit" { throw MM1Error("config.vision.kind '\(k)' is not clip_vit") }
+        if let l = llm {
+            if let k = l["kind"] as? String, k != "decoder" { throw MM1Error("config.llm.kind '\(k)' is not decoder") }
+            if var moe = l["moe"] as? [String: Any] {
+                guard let layers = moe["layers"] as? [Int], !layers.isEmpty else {
+                    throw MM1Error("config.llm.moe needs \"layers\", the indices of the MoE layers")
+                }
+                guard Set(layers).count == layers.count else { throw MM1Error("config.llm.moe.layers lists a layer twice") }
+                moe["layers"] = layers.sorted()
+                var l2 = l
+                l2["moe"] = moe
+                cfg["llm"] = l2
+            }
+        }
+        if var l = cfg["llm"] as? [String: Any] {
+            if l["attention_out_bias"] == nil { l["attention_out_bias"] = false }
+            cfg["llm"] = l
+        }
+        if let c = connector, let kind = c["kind"] as? String, kind == "c_abstractor" || kind == "avgpool_linear" {
+            guard let q = ConfigLookup.int(c, "num_queries"), q > 0, Int(Double(q).squareRoot()) * Int(Double(q).squareRoot()) == q else {
+                throw MM1Error("config.connector.num_queries must be a positive square")
+            }
+        }
         if var v = cfg["vision"] as? [String: Any] {
             if v["post_norm"] == nil { v["post_norm"] = true }
             cfg["vision"] = v

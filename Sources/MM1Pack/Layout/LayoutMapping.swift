@@ -44,16 +44,25 @@ public struct LayoutMapping: Sendable {
         guard let top = obj as? [String: Any], let name = top["layout"] as? String,
               let rawRules = top["rules"] as? [[String: Any]]
         else { throw MM1Error(file: path, "layout mapping needs \"layout\" (string) and \"rules\" (array of objects)") }
+        // A mistyped member must not be silently ignored: it would change which tensors a rule touches.
+        try checkMembers(top, allowed: ["layout", "title", "include", "alternatives", "rules"], what: "the layout", file: path)
+        if top["include"] != nil && !(top["include"] is [String]) {
+            throw MM1Error(file: path, "\"include\" must be a list of file names")
+        }
         // Fragments shared by several layouts (CLIP vision tower, decoder) come first, with this file's alternatives.
         var rawAll: [[String: Any]] = []
         for inc in (top["include"] as? [String]) ?? [] {
-            let incPath = ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent(inc)
+            let incPath = inc.hasPrefix("/") ? inc : ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent(inc)
             guard let d = FileManager.default.contents(atPath: incPath),
                   let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any],
                   let incRules = o["rules"] as? [[String: Any]]
             else { throw MM1Error(file: incPath, "included layout fragment is missing or has no \"rules\" array") }
+            do {
+                for r in incRules { try checkMembers(r, allowed: ruleMembers, what: "a rule", file: incPath) }
+            }
             rawAll += incRules
         }
+        for r in rawRules { try checkMembers(r, allowed: ruleMembers, what: "a rule", file: path) }
         rawAll += rawRules
         var alternatives: [String: [(match: String, value: String)]] = [:]
         for (k, v) in (top["alternatives"] as? [String: Any]) ?? [:] {
@@ -77,6 +86,15 @@ public struct LayoutMapping: Sendable {
         return LayoutMapping(name: name, file: path, rules: rules)
     }
 
+    static let ruleMembers: Set<String> = ["from", "to", "ops", "stack", "ignore", "note"]
+
+    static func checkMembers(_ d: [String: Any], allowed: Set<String>, what: String, file: String) throws {
+        let unknown = d.keys.filter { !allowed.contains($0) }.sorted()
+        guard unknown.isEmpty else {
+            throw MM1Error(file: file, "\(what) has unknown member(s) \(unknown.map { "\"\($0)\"" }.joined(separator: ", ")) (allowed: \(allowed.sorted().joined(separator: ", ")))\(d["from"].map { " in the rule for '\($0)'" } ?? "")")
+        }
+    }
+
     private static func parseRule(_ r: [String: Any], index: Int,
                                   alternatives: [String: [(match: String, value: String)]]) throws -> Rule {
         guard let from = r["from"] as? String else { throw MM1Error("missing \"from\"") }
@@ -84,6 +102,8 @@ public struct LayoutMapping: Sendable {
         let to = r["to"] as? String
         let ignore = r["ignore"] as? String
         guard (to == nil) != (ignore == nil) else { throw MM1Error("needs exactly one of \"to\" and \"ignore\"") }
+        if r["ops"] != nil && !(r["ops"] is [[String: Any]]) { throw MM1Error("\"ops\" must be a list of objects") }
+        if r["stack"] != nil && !(r["stack"] is String) { throw MM1Error("\"stack\" must be a variable name") }
         var ops: [Op] = []
         for raw in (r["ops"] as? [[String: Any]]) ?? [] {
             ops.append(try parseOp(raw))
@@ -97,7 +117,19 @@ public struct LayoutMapping: Sendable {
             guard let v = raw[k] as? Int else { throw MM1Error("op \(op) needs integer \"\(k)\"") }
             return v
         }
+        if raw["when"] != nil && !(raw["when"] is [String: [String]]) {
+            throw MM1Error("op \(op): \"when\" must be an object of lists, e.g. {\"p\": [\"q\", \"k\"]}")
+        }
         let when = (raw["when"] as? [String: [String]]) ?? [:]
+        let allowedOpMembers: [String: Set<String>] = [
+            "unstack": ["axis", "as"], "split": ["axis", "sizes", "names", "as"], "transpose": ["perm"],
+            "reshape": ["shape"], "squeeze": ["axis"], "slice": ["axis", "from", "count"],
+            "rope_interleaved_to_half": ["axis", "head_dim"],
+        ]
+        if let allowed = allowedOpMembers[op] {
+            let unknown = raw.keys.filter { !allowed.contains($0) && $0 != "op" && $0 != "when" }.sorted()
+            guard unknown.isEmpty else { throw MM1Error("op \(op) has unknown member(s) \(unknown.joined(separator: ", "))") }
+        }
         let kind: Op.Kind
         switch op {
         case "unstack":
@@ -155,10 +187,8 @@ public struct LayoutMapping: Sendable {
         return try load(path: path)
     }
 
-    public static var builtinNames: [String] {
-        let files = (try? FileManager.default.contentsOfDirectory(atPath: builtinDirectory)) ?? []
-        return files.filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }.sorted()
-    }
+    /// The layouts the converter knows how to open (each also needs a config reader in SourceConfig).
+    public static let builtinNames = ["axlearn", "honeybee", "llava", "openclip"]
 }
 
 /// A number in a mapping file: a literal, or a dotted path into the canonical config (`"llm.num_heads"`), or a
