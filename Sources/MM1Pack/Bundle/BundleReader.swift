@@ -235,39 +235,11 @@ public final class BundleReader: @unchecked Sendable {
         case .raw:
             out = [UInt8](section.storedData)
         case .zstd:
-            let src = section.storedData
-            guard let srcBase = src.baseAddress, src.count > 0 else { throw fail("empty zstd section") }
-            let frame = ZSTD_findFrameCompressedSize(srcBase, src.count)
-            if ZSTD_isError(frame) != 0 {
-                throw fail("not a zstd frame: \(String(cString: ZSTD_getErrorName(frame)))")
+            do {
+                out = try Zstd.decompress(section.storedData, expectedSize: section.rawLength)
+            } catch let e as MM1Error {
+                throw fail(e.message)
             }
-            guard frame == src.count else {
-                throw fail("holds \(src.count) bytes but its zstd frame is \(frame) bytes (must be exactly one frame)")
-            }
-            let declared = ZSTD_getFrameContentSize(srcBase, src.count)
-            // ZSTD_CONTENTSIZE_UNKNOWN is 2^64-1 and ZSTD_CONTENTSIZE_ERROR 2^64-2.
-            if declared == UInt64.max - 1 {
-                throw fail("invalid zstd frame header")
-            }
-            if declared != UInt64.max, declared != UInt64(section.rawLength) {
-                throw fail("zstd frame declares \(declared) bytes, raw_length says \(section.rawLength)")
-            }
-            let capacity = section.rawLength
-            out = [UInt8](repeating: 0, count: max(capacity, 1))
-            let r = out.withUnsafeMutableBytes { dst in
-                ZSTD_decompress(dst.baseAddress, capacity, srcBase, src.count)
-            }
-            if ZSTD_isError(r) != 0 {
-                let why = String(cString: ZSTD_getErrorName(r))
-                if why.lowercased().contains("too small") {
-                    throw fail("decodes to more than raw_length \(capacity) bytes")
-                }
-                throw fail("zstd decoding failed: \(why)")
-            }
-            guard r == capacity else {
-                throw fail("decodes to \(r) bytes, raw_length says \(capacity)")
-            }
-            out.removeLast(out.count - capacity)
         }
         let rc = out.withUnsafeBytes { mm1b_check_decoded(s, $0.baseAddress, $0.count) }
         guard rc == MM1B_OK else {

@@ -149,17 +149,7 @@ public final class BundleWriter {
             throw MM1Error(file: finalPath, tensor: entries[current].name, "more bytes than its declared length \(entries[current].length)")
         }
         if bytes.count >= BundleWriter.parallelHashBytes {
-            // Hash on another core while this one writes: the two passes over the bytes overlap.
-            let box = HasherBox(hasher, bytes)
-            let done = DispatchSemaphore(value: 0)
-            DispatchQueue.global(qos: .userInitiated).async {
-                box.hasher.update(bufferPointer: box.chunk)
-                done.signal()
-            }
-            let result = Result { try append(bytes) }
-            done.wait()
-            hasher = box.hasher
-            try result.get()
+            try hashing(bytes) { try append(bytes) }
         } else {
             hasher.update(bufferPointer: bytes)
             try append(bytes)
@@ -180,17 +170,9 @@ public final class BundleWriter {
             return
         }
         try flush()
-        let box = HasherBox(hasher, bytes)
-        let done = DispatchSemaphore(value: 0)
-        DispatchQueue.global(qos: .userInitiated).async {
-            box.hasher.update(bufferPointer: box.chunk)
-            done.signal()
-        }
-        let copied = Result { try kernelCopy(range) }
-        done.wait()
-        hasher = box.hasher
+        let copied = try hashing(bytes) { try kernelCopy(range) }
         written += bytes.count
-        if try !copied.get() {
+        if !copied {
             kernelCopyWorks = false
             try append(bytes)
         }
@@ -225,6 +207,21 @@ public final class BundleWriter {
         }
         filePos += range.length
         return true
+    }
+
+    /// Runs `work` (which moves `bytes` to the file) while another thread adds `bytes` to the current tensor's
+    /// digest, so the two passes over the bytes overlap on two cores.
+    private func hashing<T>(_ bytes: UnsafeRawBufferPointer, _ work: () throws -> T) throws -> T {
+        let box = HasherBox(hasher, bytes)
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global(qos: .userInitiated).async {
+            box.hasher.update(bufferPointer: box.chunk)
+            done.signal()
+        }
+        let result = Result { try work() }
+        done.wait()
+        hasher = box.hasher
+        return try result.get()
     }
 
     /// Chunks at least this large are hashed on a second thread while they are written.

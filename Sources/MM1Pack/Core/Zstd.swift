@@ -15,19 +15,29 @@ public enum Zstd {
         return out
     }
 
-    /// Decodes one frame whose decoded size must be exactly `expectedSize` (never allocates more than that).
+    /// Decodes input that must be exactly one zstd frame of exactly `expectedSize` decoded bytes (a declared
+    /// content size, when present, must agree); never allocates more than `expectedSize`.
     public static func decompress(_ input: UnsafeRawBufferPointer, expectedSize: Int) throws -> [UInt8] {
-        let declared = ZSTD_getFrameContentSize(input.baseAddress, input.count)
-        if declared == ZSTD_CONTENTSIZE_ERROR { throw MM1Error("not a zstd frame") }
+        guard let src = input.baseAddress, input.count > 0 else { throw MM1Error("empty zstd data") }
+        let frame = ZSTD_findFrameCompressedSize(src, input.count)
+        if ZSTD_isError(frame) != 0 { throw MM1Error("not a zstd frame: \(String(cString: ZSTD_getErrorName(frame)))") }
+        guard frame == input.count else {
+            throw MM1Error("holds \(input.count) bytes but its zstd frame is \(frame) bytes (must be exactly one frame)")
+        }
+        let declared = ZSTD_getFrameContentSize(src, input.count)
+        if declared == ZSTD_CONTENTSIZE_ERROR { throw MM1Error("invalid zstd frame header") }
         if declared != ZSTD_CONTENTSIZE_UNKNOWN && declared != UInt64(expectedSize) {
-            throw MM1Error("zstd frame declares \(declared) bytes, expected \(expectedSize)")
+            throw MM1Error("zstd frame declares \(declared) bytes, expected \(expectedSize) (raw_length)")
         }
-        var out = [UInt8](repeating: 0, count: expectedSize)
-        let n = out.withUnsafeMutableBytes { dst in
-            ZSTD_decompress(dst.baseAddress, expectedSize, input.baseAddress, input.count)
+        var out = [UInt8](repeating: 0, count: max(expectedSize, 1))
+        let n = out.withUnsafeMutableBytes { dst in ZSTD_decompress(dst.baseAddress, expectedSize, src, input.count) }
+        if ZSTD_isError(n) != 0 {
+            let why = String(cString: ZSTD_getErrorName(n))
+            if why.lowercased().contains("too small") { throw MM1Error("decodes to more than the expected \(expectedSize) bytes (raw_length)") }
+            throw MM1Error("zstd data is corrupt: \(why)")
         }
-        if ZSTD_isError(n) != 0 { throw MM1Error("zstd data is corrupt: \(String(cString: ZSTD_getErrorName(n)))") }
-        guard n == expectedSize else { throw MM1Error("zstd frame decoded to \(n) bytes, expected \(expectedSize)") }
+        guard n == expectedSize else { throw MM1Error("decodes to \(n) bytes, expected \(expectedSize) (raw_length)") }
+        out.removeLast(out.count - expectedSize)
         return out
     }
 }
