@@ -1,0 +1,103 @@
+import COpenBLAS
+import Foundation
+
+/// Dense math on row-major f32 buffers. Matrix products go through OpenBLAS; the rest are plain loops that the
+/// compiler vectorises. Shapes are passed explicitly; callers own the buffers.
+public enum Linear {
+    /// y[T, out] = x[T, in] · W[out, in]ᵀ (+ bias[out]) — the canonical `[out, in]` weight layout.
+    public static func forward(_ x: [Float], rows t: Int, weight w: [Float], out: Int, in k: Int, bias: [Float]? = nil) -> [Float] {
+        precondition(x.count == t * k && w.count == out * k, "linear: shape mismatch")
+        var y = [Float](repeating: 0, count: t * out)
+        if let bias {
+            for r in 0..<t { for j in 0..<out { y[r * out + j] = bias[j] } }
+        }
+        x.withUnsafeBufferPointer { xp in
+            w.withUnsafeBufferPointer { wp in
+                y.withUnsafeMutableBufferPointer { yp in
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(t), Int32(out), Int32(k), 1,
+                                xp.baseAddress, Int32(k), wp.baseAddress, Int32(k), bias == nil ? 0 : 1,
+                                yp.baseAddress, Int32(out))
+                }
+            }
+        }
+        return y
+    }
+
+    /// C[m, n] = A[m, k] · B[k, n] (row-major, no transposes).
+    public static func matmul(_ a: [Float], _ b: [Float], m: Int, k: Int, n: Int) -> [Float] {
+        precondition(a.count == m * k && b.count == k * n, "matmul: shape mismatch")
+        var c = [Float](repeating: 0, count: m * n)
+        a.withUnsafeBufferPointer { ap in
+            b.withUnsafeBufferPointer { bp in
+                c.withUnsafeMutableBufferPointer { cp in
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1,
+                                ap.baseAddress, Int32(k), bp.baseAddress, Int32(n), 0, cp.baseAddress, Int32(n))
+                }
+            }
+        }
+        return c
+    }
+
+    /// The OpenBLAS kernel in use (Debian's may pick a slow generic one on some CPUs; see README).
+    public static var blasCore: String { String(cString: openblas_get_corename()) }
+}
+
+public enum Norm {
+    /// LayerNorm over the last dimension `d` of `rows` rows.
+    public static func layerNorm(_ x: [Float], rows: Int, d: Int, weight: [Float], bias: [Float], eps: Float) -> [Float] {
+        var y = [Float](repeating: 0, count: x.count)
+        for r in 0..<rows {
+            let o = r * d
+            var mean: Float = 0
+            for i in 0..<d { mean += x[o + i] }
+            mean /= Float(d)
+            var v: Float = 0
+            for i in 0..<d { let c = x[o + i] - mean; v += c * c }
+            let inv = 1 / (v / Float(d) + eps).squareRoot()
+            for i in 0..<d { y[o + i] = (x[o + i] - mean) * inv * weight[i] + bias[i] }
+        }
+        return y
+    }
+
+    /// RMSNorm (Llama): x / sqrt(mean(x²) + eps) · weight.
+    public static func rmsNorm(_ x: [Float], rows: Int, d: Int, weight: [Float], eps: Float) -> [Float] {
+        var y = [Float](repeating: 0, count: x.count)
+        for r in 0..<rows {
+            let o = r * d
+            var ss: Float = 0
+            for i in 0..<d { ss += x[o + i] * x[o + i] }
+            let inv = 1 / (ss / Float(d) + eps).squareRoot()
+            for i in 0..<d { y[o + i] = x[o + i] * inv * weight[i] }
+        }
+        return y
+    }
+}
+
+public enum Activation {
+    public static func apply(_ name: String, _ x: inout [Float]) throws {
+        switch name {
+        case "silu": for i in x.indices { x[i] = x[i] / (1 + Foundation.exp(-x[i])) }
+        case "quick_gelu": for i in x.indices { x[i] = x[i] / (1 + Foundation.exp(-1.702 * x[i])) }
+        case "gelu": for i in x.indices { x[i] = 0.5 * x[i] * (1 + erff(x[i] / Float(2).squareRoot())) }
+        case "gelu_tanh", "gelu_pytorch_tanh":
+            for i in x.indices {
+                let v = x[i]
+                x[i] = 0.5 * v * (1 + tanhf(0.7978845608028654 * (v + 0.044715 * v * v * v)))
+            }
+        default: throw MM1Error("activation '\(name)' is not supported")
+        }
+    }
+
+    /// Softmax over the last dimension `d` of `rows` rows, in place (max-subtracted).
+    public static func softmax(_ x: inout [Float], rows: Int, d: Int) {
+        for r in 0..<rows {
+            let o = r * d
+            var m = -Float.infinity
+            for i in 0..<d { m = max(m, x[o + i]) }
+            var s: Float = 0
+            for i in 0..<d { let e = Foundation.exp(x[o + i] - m); x[o + i] = e; s += e }
+            let inv = 1 / s
+            for i in 0..<d { x[o + i] *= inv }
+        }
+    }
+}
