@@ -127,7 +127,7 @@ public enum Converter {
     // MARK: planning
 
     /// Matches the source against the layout and the canonical schema. Every problem found is reported at once.
-    public static func plan(_ opened: OpenedSource, options: ConvertOptions) throws -> (plan: MappingPlan, order: [CanonicalSchema.Entry]) {
+    public static func plan(_ opened: OpenedSource, options: ConvertOptions) throws -> (plan: MappingPlan, order: [CanonicalSchema.Entry], mapping: LayoutMapping) {
         let mapping = try options.mappingFile.map { try LayoutMapping.load(path: $0) } ?? LayoutMapping.builtin(opened.layout)
         var plan = try Mapper.plan(source: opened.source.tensors, layout: mapping, config: opened.config)
         let root = opened.source.root
@@ -168,7 +168,7 @@ public enum Converter {
         if !shapeErrors.isEmpty {
             throw MM1Error(file: root, "shapes do not fit the configuration: \(shapeErrors.joined(separator: "; "))")
         }
-        return (plan, expected)
+        return (plan, expected, mapping)
     }
 
     /// Whether two planned tensors hold the same values, compared as stored (both plain views of one source
@@ -202,7 +202,7 @@ public enum Converter {
     public static func convert(source path: String, output: String, options: ConvertOptions) throws -> ConvertReport {
         let t0 = Date()
         let opened = try open(path, layout: options.layout, missingChunksAsZeros: options.missingChunksAsZeros)
-        let (plan, order) = try plan(opened, options: options)
+        let (plan, order, mapping) = try plan(opened, options: options)
         let src = opened.source
 
         // Source digests are computed on the other core while the tensors stream.
@@ -235,7 +235,8 @@ public enum Converter {
             "tool": "mm1pack", "tool_version": toolVersion, "source_layout": opened.layout,
             "options": ["dtype": options.dtype.rawValue, "layout": options.layout ?? opened.layout,
                         "allow_unused": options.allowUnused, "source_digests": options.sourceDigests, "missing_chunks_as_zeros": options.missingChunksAsZeros,
-                        "mapping": options.mappingFile.map { ($0 as NSString).lastPathComponent } ?? "builtin:\(opened.layout)"] as [String: Any],
+                        "mapping": options.mappingFile.map { ($0 as NSString).lastPathComponent } ?? "builtin:\(opened.layout)",
+                        "mapping_sha256": mapping.digest] as [String: Any],
         ]
         provenance["source_files"] = digests.placeholder()
 

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 
 /// A source layout as a data file (`formats/layouts/<name>.json`): the table that maps every source tensor name to
@@ -32,6 +33,9 @@ public struct LayoutMapping: Sendable {
     public var name: String
     public var file: String
     public var rules: [Rule]
+    /// SHA-256 over the mapping file's bytes followed by each included fragment's, so a bundle's provenance pins
+    /// the exact table that produced it.
+    public var digest: String
 
     public static func load(path: String) throws -> LayoutMapping {
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -51,12 +55,15 @@ public struct LayoutMapping: Sendable {
         }
         // Fragments shared by several layouts (CLIP vision tower, decoder) come first, with this file's alternatives.
         var rawAll: [[String: Any]] = []
+        var hasher = SHA256()
+        hasher.update(data: data)
         for inc in (top["include"] as? [String]) ?? [] {
             let incPath = inc.hasPrefix("/") ? inc : ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent(inc)
             guard let d = FileManager.default.contents(atPath: incPath),
                   let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any],
                   let incRules = o["rules"] as? [[String: Any]]
             else { throw MM1Error(file: incPath, "included layout fragment is missing or has no \"rules\" array") }
+            hasher.update(data: d)
             do {
                 for r in incRules { try checkMembers(r, allowed: ruleMembers, what: "a rule", file: incPath) }
             }
@@ -83,7 +90,7 @@ public struct LayoutMapping: Sendable {
                 throw MM1Error(file: path, "rule \(i + 1): \(e.message)")
             }
         }
-        return LayoutMapping(name: name, file: path, rules: rules)
+        return LayoutMapping(name: name, file: path, rules: rules, digest: hex(hasher.finalize()))
     }
 
     static let ruleMembers: Set<String> = ["from", "to", "ops", "stack", "ignore", "note"]
