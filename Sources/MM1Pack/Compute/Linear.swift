@@ -7,20 +7,35 @@ public enum Linear {
     /// y[T, out] = x[T, in] · W[out, in]ᵀ (+ bias[out]) — the canonical `[out, in]` weight layout.
     public static func forward(_ x: [Float], rows t: Int, weight w: [Float], out: Int, in k: Int, bias: [Float]? = nil) -> [Float] {
         precondition(x.count == t * k && w.count == out * k, "linear: shape mismatch")
+        precondition(bias == nil || bias!.count == out, "linear: bias shape mismatch")
         var y = [Float](repeating: 0, count: t * out)
-        if let bias {
-            for r in 0..<t { for j in 0..<out { y[r * out + j] = bias[j] } }
-        }
         x.withUnsafeBufferPointer { xp in
             w.withUnsafeBufferPointer { wp in
                 y.withUnsafeMutableBufferPointer { yp in
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(t), Int32(out), Int32(k), 1,
-                                xp.baseAddress, Int32(k), wp.baseAddress, Int32(k), bias == nil ? 0 : 1,
-                                yp.baseAddress, Int32(out))
+                    if let bias {
+                        bias.withUnsafeBufferPointer { bp in
+                            for r in 0..<t { (yp.baseAddress! + r * out).update(from: bp.baseAddress!, count: out) }
+                        }
+                    }
+                    gemmNT(xp.baseAddress!, rows: t, weight: wp.baseAddress!, out: out, in: k, into: yp.baseAddress!, ldy: out,
+                           accumulate: bias != nil)
                 }
             }
         }
         return y
+    }
+
+    /// y[t, out] (row stride `ldy`) = x[t, in] · W[out, in]ᵀ, added to y when `accumulate`. Pointer form of
+    /// `forward` for weights that are slices of a larger buffer and outputs that are column blocks.
+    public static func gemmNT(_ x: UnsafePointer<Float>, rows t: Int, weight w: UnsafePointer<Float>, out: Int, in k: Int,
+                              into y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool = false) {
+        guard t > 0, out > 0 else { return }
+        if k == 0 {
+            if !accumulate { for r in 0..<t { (y + r * ldy).update(repeating: 0, count: out) } }
+            return
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(t), Int32(out), Int32(k), 1,
+                    x, Int32(k), w, Int32(k), accumulate ? 1 : 0, y, Int32(ldy))
     }
 
     /// C[m, n] = A[m, k] · B[k, n] (row-major, no transposes).
@@ -59,15 +74,26 @@ public enum Norm {
         return y
     }
 
-    /// RMSNorm (Llama): x / sqrt(mean(x²) + eps) · weight.
+    /// RMSNorm (Llama): x / sqrt(mean(x²) + eps) · weight. The statistics are accumulated in f32, as torch does
+    /// for f32 inputs. Rows are split across the cores when there are many.
     public static func rmsNorm(_ x: [Float], rows: Int, d: Int, weight: [Float], eps: Float) -> [Float] {
+        precondition(x.count == rows * d && weight.count == d, "rmsNorm: shape mismatch")
         var y = [Float](repeating: 0, count: x.count)
-        for r in 0..<rows {
-            let o = r * d
-            var ss: Float = 0
-            for i in 0..<d { ss += x[o + i] * x[o + i] }
-            let inv = 1 / (ss / Float(d) + eps).squareRoot()
-            for i in 0..<d { y[o + i] = x[o + i] * inv * weight[i] }
+        x.withUnsafeBufferPointer { xb in
+            weight.withUnsafeBufferPointer { wb in
+                y.withUnsafeMutableBufferPointer { yb in
+                    let xp = xb.baseAddress!, wp = wb.baseAddress!, yp = yb.baseAddress!
+                    MM1Parallel.chunks(rows, minPerChunk: max(1, 16384 / max(1, d))) { lo, hi in
+                        for r in lo..<hi {
+                            let xr = xp + r * d, yr = yp + r * d
+                            var ss: Float = 0
+                            for i in 0..<d { ss += xr[i] * xr[i] }
+                            let inv = 1 / (ss / Float(d) + eps).squareRoot()
+                            for i in 0..<d { yr[i] = (xr[i] * inv) * wp[i] }
+                        }
+                    }
+                }
+            }
         }
         return y
     }
