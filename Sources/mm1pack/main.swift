@@ -8,7 +8,7 @@ struct MM1PackCLI: ParsableCommand {
         commandName: "mm1pack",
         abstract: "Convert, quantize and verify MM1-family multimodal checkpoints as one memory-mapped bundle.",
         version: Converter.toolVersion,
-        subcommands: [Convert.self, Inspect.self, Synth.self, Bench.self]
+        subcommands: [Convert.self, Inspect.self, Logits.self, Synth.self, Bench.self]
     )
 }
 
@@ -171,6 +171,59 @@ struct BenchConvert: ParsableCommand {
             o.showProgress = false
             let r = try ConvertBench.run(source: source, workDir: workDir, runs: runs, options: o) { print($0) }
             print(r.summary)
+        }
+    }
+}
+
+struct Logits: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the whole model on probe inputs and write each probe's logits as .npy.",
+        discussion: """
+        MODEL is a bundle, or a source checkpoint (converted to a temporary f32 bundle first). PROBES is a JSON-lines \
+        file (formats/probes.md): ids or text with one image token per image, and image paths relative to the file. \
+        Writes DIR/<id>.npy, float32 [expanded sequence length, vocab]; for an image-encoder-only bundle, the ViT \
+        features [images, tokens, width].
+
+        Example:
+          mm1pack logits tiny.mm1 --inputs fixtures/axlearn-moe/reference/probes.jsonl --out /tmp/logits
+        """
+    )
+
+    @Argument(help: "Bundle or source checkpoint.") var model: String
+    @Option(help: "Probe file (JSON lines).") var inputs: String
+    @Option(help: "Output directory.") var out: String
+    @Flag(name: .shortAndLong, help: "No progress output.") var quiet = false
+
+    func run() throws {
+        try MM1PackCLI_run {
+            let bundlePath: String
+            var temp: String?
+            if BundleReader.looksLikeBundle(model) {
+                bundlePath = model
+            } else {
+                let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mm1pack-logits-\(getpid())").path
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+                temp = dir
+                bundlePath = dir + "/model.mm1"
+                var o = ConvertOptions()
+                o.dtype = .f32
+                o.showProgress = !quiet
+                o.sourceDigests = false
+                _ = try Converter.convert(source: model, output: bundlePath, options: o)
+            }
+            defer { if let temp { try? FileManager.default.removeItem(atPath: temp) } }
+            let probes = try ProbeFile.load(inputs)
+            let m = try MultimodalModel(path: bundlePath)
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            if !quiet { FileHandle.standardError.write(Data("BLAS core: \(Linear.blasCore)\n".utf8)) }
+            let progress = Progress(label: "logits", totalItems: probes.count, totalBytes: probes.count, enabled: !quiet)
+            for (i, p) in probes.enumerated() {
+                progress.update(item: i + 1, bytes: i, detail: p.id, force: true)
+                let r = try m.run(p)
+                try NPY.write(out + "/\(p.id).npy", shape: r.shape, data: r.data)
+            }
+            progress.done()
+            if !quiet { print("wrote \(probes.count) file(s) to \(out)") }
         }
     }
 }

@@ -94,6 +94,14 @@ public final class BundleReader: @unchecked Sendable {
     }
 
     /// Opens and validates a bundle. Throws `MM1Error` naming the file, the tensor (if any) and the problem.
+    /// Whether `path` is a regular file that starts with the bundle magic (cheap; does not validate).
+    public static func looksLikeBundle(_ path: String) -> Bool {
+        guard let h = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? h.close() }
+        let head = (try? h.read(upToCount: 8)) ?? Data()
+        return [UInt8](head) == BundleWriter.magic
+    }
+
     public init(path: String) throws {
         self.path = path
         var err = mm1b_error()

@@ -1,0 +1,133 @@
+import Foundation
+
+/// The whole model as a user runs it: image files are decoded and preprocessed per the bundle's
+/// `image_processor`, encoded by the ViT, turned into token embeddings by the connector, and spliced into the
+/// token sequence in place of each image token (formats/probes.md), which the language model then reads.
+public final class MultimodalModel {
+    public let weights: ModelWeights
+    public let llm: LanguageModel?
+    public let vision: VisionEncoder?
+    public let connector: Connector?
+    public let preprocessor: ImagePreprocessor?
+    public let imageTokenID: Int?
+    public let tokenizer: BPETokenizer?
+
+    public init(weights: ModelWeights) throws {
+        self.weights = weights
+        let cfg = weights.config
+        llm = cfg["llm"] is [String: Any] ? try LanguageModel(weights: weights) : nil
+        vision = cfg["vision"] is [String: Any] ? try VisionEncoder(weights: weights) : nil
+        connector = cfg["connector"] is [String: Any] ? try Connector(weights: weights) : nil
+        if let p = cfg["image_processor"] as? [String: Any] {
+            preprocessor = try ImagePreprocessor(json: p, file: weights.bundle.path)
+        } else if let v = cfg["vision"] as? [String: Any], let size = v["image_size"] as? Int {
+            // No processor config: CLIP's defaults at the encoder's native size.
+            preprocessor = ImagePreprocessor(imageSize: size, mean: [0.48145466, 0.4578275, 0.40821073],
+                                             std: [0.26862954, 0.26130258, 0.27577711], resize: .shortestEdgeCrop)
+        } else {
+            preprocessor = nil
+        }
+        imageTokenID = cfg["image_token_id"] as? Int
+        if weights.bundle.section(named: "tokenizer.json") != nil {
+            tokenizer = try BPETokenizer(json: try weights.bundle.sectionData(named: "tokenizer.json"),
+                                         file: weights.bundle.path + ":tokenizer.json")
+        } else {
+            tokenizer = nil
+        }
+    }
+
+    public convenience init(path: String) throws {
+        try self.init(weights: ModelWeights(path: path))
+    }
+
+    /// An id marks an image when it equals the config's image token or is negative (Honeybee's convention).
+    public func isImageToken(_ id: Int) -> Bool { id < 0 || id == imageTokenID }
+
+    /// The pixel tensor [3, S, S] the ViT receives for an image file.
+    public func pixels(imageAt path: String) throws -> [Float] {
+        guard let preprocessor else { throw MM1Error(file: weights.bundle.path, "this model has no image encoder") }
+        return preprocessor(try ImageDecoder.decode(path: path))
+    }
+
+    /// The ViT features handed to the connector: [tokens, E].
+    public func visionFeatures(pixels: [Float], hooks: (any ForwardHooks)? = nil) throws -> (data: [Float], rows: Int) {
+        guard let vision, let preprocessor else { throw MM1Error(file: weights.bundle.path, "this model has no image encoder") }
+        let f = try vision.forward(pixels: pixels, size: preprocessor.imageSize, hooks: hooks)
+        return (f.features, f.tokens)
+    }
+
+    /// An image's token embeddings in the language model: [Q, D].
+    public func imageEmbeddings(pixels: [Float], hooks: (any ForwardHooks)? = nil) throws -> (data: [Float], rows: Int) {
+        guard let connector else { throw MM1Error(file: weights.bundle.path, "this model has no connector") }
+        let f = try visionFeatures(pixels: pixels, hooks: hooks)
+        let out = try connector.forward(features: f.data, tokens: f.rows)
+        return (out, out.count / connector.outputSize)
+    }
+
+    /// Token ids of a probe: given, or encoded with the bundle's tokenizer.
+    public func ids(of probe: Probe) throws -> [Int] {
+        if let ids = probe.inputIDs { return ids }
+        guard let text = probe.text else { throw MM1Error(tensor: nil, "probe '\(probe.id)' has no input_ids or text") }
+        guard let tokenizer else {
+            throw MM1Error(file: weights.bundle.path, "probe '\(probe.id)' gives text, but the bundle carries no tokenizer.json; give input_ids")
+        }
+        return try tokenizer.encode(text)
+    }
+
+    /// The expanded input sequence: text rows from the embedding table, each image token replaced in place by
+    /// that image's rows.
+    public func inputEmbeddings(ids: [Int], imagePixels: [[Float]], hooks: (any ForwardHooks)? = nil) throws -> (data: [Float], rows: Int) {
+        guard let llm else { throw MM1Error(file: weights.bundle.path, "this model has no language model") }
+        let slots = ids.enumerated().filter { isImageToken($0.element) }.map(\.offset)
+        guard slots.count == imagePixels.count else {
+            throw MM1Error(file: weights.bundle.path, "the input has \(slots.count) image token(s) but \(imagePixels.count) image(s)")
+        }
+        let d = llm.config.hiddenSize
+        var out: [Float] = []
+        var rows = 0
+        var next = 0
+        var textRun: [Int] = []
+        func flushText() throws {
+            guard !textRun.isEmpty else { return }
+            out += try llm.embed(textRun)
+            rows += textRun.count
+            textRun.removeAll()
+        }
+        for (i, id) in ids.enumerated() {
+            if next < slots.count && slots[next] == i {
+                try flushText()
+                let img = try imageEmbeddings(pixels: imagePixels[next], hooks: hooks)
+                guard img.data.count == img.rows * d else {
+                    throw MM1Error(file: weights.bundle.path, "the connector's output width does not match the language model's \(d)")
+                }
+                out += img.data
+                rows += img.rows
+                next += 1
+            } else {
+                textRun.append(id)
+            }
+        }
+        try flushText()
+        return (out, rows)
+    }
+
+    /// What `mm1pack logits` writes for a probe: the logits [T, V] of the expanded sequence, or for an
+    /// image-encoder-only bundle the ViT features of each image, stacked [n_images · tokens, E].
+    public func run(_ probe: Probe, hooks: (any ForwardHooks)? = nil) throws -> (data: [Float], shape: [Int]) {
+        let pixels = try probe.images.map { try self.pixels(imageAt: $0) }
+        guard let llm else {
+            var all: [Float] = []
+            var tokens = 0
+            for p in pixels {
+                let f = try visionFeatures(pixels: p, hooks: hooks)
+                all += f.data
+                tokens = f.rows
+            }
+            guard !pixels.isEmpty else { throw MM1Error("probe '\(probe.id)' has no images for an image-encoder-only model") }
+            return (all, [pixels.count, tokens, all.count / max(1, pixels.count * tokens)])
+        }
+        let x = try inputEmbeddings(ids: try ids(of: probe), imagePixels: pixels, hooks: hooks)
+        let logits = try llm.forward(embeddings: x.data, count: x.rows, hooks: hooks)
+        return (logits, [x.rows, logits.count / max(1, x.rows)])
+    }
+}
