@@ -33,4 +33,39 @@ final class EndToEndTests: XCTestCase {
             }
         }
     }
+
+    /// A copy of the AXLearn MoE fixture whose config turns MM1.5 splitting on.
+    func splitBundle(indicator: String) throws -> String {
+        let dir = makeTempDir("split")
+        let src = dir + "/src"
+        try FileManager.default.copyItem(atPath: TestPaths.fixture("axlearn-moe"), toPath: src)
+        var cfg = try SourceConfig.readJSON(src + "/mm1pack_config.json")
+        cfg["image_split"] = ["tile_size": 28, "n_min": 1, "n_max": 4, "indicator": indicator]
+        try JSONSerialization.data(withJSONObject: cfg).write(to: URL(fileURLWithPath: src + "/mm1pack_config.json"))
+        _ = try Converter.convert(source: src, output: dir + "/m.mm1", options: quietOptions())
+        return dir + "/m.mm1"
+    }
+
+    func testSplittingExpandsEachImageIntoTilesAndOverview() throws {
+        let model = try MultimodalModel(path: try splitBundle(indicator: "none"))
+        let image = TestPaths.repo + "/fixtures/images/c_45x61.png"
+        let probe = Probe(id: "split", inputIDs: [1, 5, model.imageTokenID!, 6], text: nil, images: [image])
+        let choice = try ImageSplitting.selectGrid(height: 61, width: 45, tileSize: 28, nMin: 1, nMax: 4)
+        let n = choice.grid.rows * choice.grid.cols
+        let pieces = n + (n > 1 ? 1 : 0)
+        let r = try model.run(probe)
+        XCTAssertEqual(r.shape[0], 3 + pieces * 9, "3 text tokens + \(pieces) pieces of 9 tokens")
+        // Three images in one sample are not split: each becomes one tile.
+        let three = Probe(id: "three", inputIDs: [1, model.imageTokenID!, model.imageTokenID!, model.imageTokenID!],
+                          text: nil, images: [image, image, image])
+        XCTAssertEqual(try model.run(three).shape[0], 1 + 3 * 9)
+    }
+
+    func testTextIndicatorsNeedATokenizer() throws {
+        let model = try MultimodalModel(path: try splitBundle(indicator: "seps"))
+        let probe = Probe(id: "s", inputIDs: [1, model.imageTokenID!], text: nil,
+                          images: [TestPaths.repo + "/fixtures/images/c_45x61.png"])
+        XCTAssertThrowsError(try model.run(probe)) { XCTAssertTrue("\($0)".contains("tokenizer.json"), "\($0)") }
+    }
 }
+

@@ -284,6 +284,10 @@ public enum SourceConfig {
     public static func normalize(_ config: [String: Any]) throws -> [String: Any] {
         var cfg = config
         for k in ["vision", "connector", "llm", "image_token_id", "image_processor"] where cfg[k] == nil { cfg[k] = NSNull() }
+        if let split = cfg["image_split"] as? [String: Any] {
+            _ = try ImageSplitConfig(split, file: "config")
+            guard cfg["vision"] is [String: Any] else { throw MM1Error("config.image_split needs a vision encoder") }
+        }
         let vision = cfg["vision"] as? [String: Any], connector = cfg["connector"] as? [String: Any]
         let llm = cfg["llm"] as? [String: Any]
         if connector != nil && vision == nil { throw MM1Error("config: a connector needs a vision encoder") }
