@@ -242,7 +242,7 @@ final class TokenizerTests: XCTestCase {
     func testMutatedFilesDoNotCrash() throws {
         let path = TestPaths.fixture("tokenizer") + "/llama3.tokenizer.json"
         let good = [UInt8](try XCTUnwrap(FileManager.default.contents(atPath: path)))
-        var rng = SplitMix(seed: 12345)
+        var rng = SplitMix64(seed: 12345)
         for n in 0..<300 {
             var bytes = good
             if n % 3 == 0 {
@@ -263,14 +263,3 @@ final class TokenizerTests: XCTestCase {
 
 private final class ResultBox: @unchecked Sendable { var threw = false }
 
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

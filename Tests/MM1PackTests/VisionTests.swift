@@ -85,7 +85,7 @@ final class VisionTests: XCTestCase {
         XCTAssertEqual(enc.blocksToRun, fl < 0 ? layers + 1 + fl : fl)
         let rec = HookRecorder()
         let s = enc.imageSize
-        var rng = VisionRNG(seed: 3)
+        var rng = SplitMix64(seed: 3)
         let px = (0..<(3 * s * s)).map { _ in rng.uniform() }
         let r = try enc.forward(pixels: px, size: s, hooks: rec)
         let blocks = rec.order.filter { $0.description.hasPrefix("vit.blocks.") }
@@ -116,7 +116,7 @@ final class VisionTests: XCTestCase {
         XCTAssertEqual(b[4], 9..<12)
 
         // Pool values against a direct loop.
-        var rng = VisionRNG(seed: 7)
+        var rng = SplitMix64(seed: 7)
         let (h, w, c) = (7, 7, 5)
         let x = (0..<(h * w * c)).map { _ in rng.uniform() }
         let y = Conv.adaptiveAvgPool(x, height: h, width: w, channels: c, outHeight: 3, outWidth: 3)
@@ -130,7 +130,7 @@ final class VisionTests: XCTestCase {
     }
 
     func testDepthwiseConvMatchesDirectLoop() {
-        var rng = VisionRNG(seed: 11)
+        var rng = SplitMix64(seed: 11)
         for (h, w, c, k, pad) in [(5, 6, 7, 3, 1), (3, 3, 16, 3, 1), (6, 4, 3, 3, 0), (4, 5, 9, 5, 2)] {
             // NCHW input for the direct loop, channels-last copy for the kernel.
             let nchw = (0..<(c * h * w)).map { _ in rng.uniform() }
@@ -158,7 +158,7 @@ final class VisionTests: XCTestCase {
     }
 
     func testPatchEmbedMatchesDirectConvolution() {
-        var rng = VisionRNG(seed: 5)
+        var rng = SplitMix64(seed: 5)
         let (c, h, w, p, e) = (3, 10, 9, 4, 6)  // 2×2 patches; the ragged edge is ignored, as in PyTorch
         let img = (0..<(c * h * w)).map { _ in rng.uniform() }
         let weight = (0..<(e * c * p * p)).map { _ in rng.uniform() }
@@ -177,7 +177,7 @@ final class VisionTests: XCTestCase {
 
     /// Heads run concurrently (DispatchQueue.concurrentPerform, sgemm per head) and must equal a serial loop.
     func testAttentionMatchesDirectLoop() {
-        var rng = VisionRNG(seed: 23)
+        var rng = SplitMix64(seed: 23)
         for _ in 0..<3 {
             let (t, nh, dh) = (57, 8, 16)
             let e = nh * dh
@@ -231,7 +231,7 @@ final class VisionTests: XCTestCase {
     }
 
     func testBicubicMatchesDirectCubicConvolution() {
-        var rng = VisionRNG(seed: 13)
+        var rng = SplitMix64(seed: 13)
         for (ih, iw, oh, ow) in [(7, 7, 12, 12), (27, 27, 48, 48), (5, 5, 3, 3), (2, 3, 4, 2), (24, 24, 37, 30)] {
             let c = 4
             let x = (0..<(ih * iw * c)).map { _ in rng.uniform() }
@@ -274,7 +274,7 @@ final class VisionTests: XCTestCase {
     }
 
     func testPositionEmbeddingIdentityAndClassRow() throws {
-        var rng = VisionRNG(seed: 17)
+        var rng = SplitMix64(seed: 17)
         let (g, e) = (7, 8)
         let pos = (0..<((g * g + 1) * e)).map { _ in rng.uniform() }
         XCTAssertEqual(try Interpolate.positionEmbedding(pos, width: e, classToken: true, toHeight: g, width: g), pos)
@@ -300,7 +300,7 @@ final class VisionTests: XCTestCase {
         let path = "\(out)/openclip.mm1"
         _ = try Converter.convert(source: TestPaths.fixture("openclip-vit"), output: path, options: quietOptions(.f32))
         let enc = try VisionEncoder(path: path)
-        var rng = VisionRNG(seed: 19)
+        var rng = SplitMix64(seed: 19)
         let s = enc.imageSize + 2 * enc.patchSize
         let px = (0..<(3 * s * s)).map { _ in rng.uniform() }
         let r = try enc.forward(pixels: px, size: s)
@@ -309,16 +309,3 @@ final class VisionTests: XCTestCase {
     }
 }
 
-/// Deterministic uniform values in [−1, 1).
-private struct VisionRNG {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func uniform() -> Float { Float(next() >> 40) / Float(1 << 24) * 2 - 1 }
-}
