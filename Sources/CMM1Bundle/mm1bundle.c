@@ -18,6 +18,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -610,6 +611,26 @@ static size_t *sort_names(const char *const *names, const size_t *lens, size_t n
     return idx;
 }
 
+/* sort_names over an array of structs (tensors or sections) whose `name` and `name_len` members are at the given
+   offsets. NULL when out of memory. */
+static size_t *index_names(const void *items, size_t n, size_t stride, size_t name_off, size_t len_off, int *dup,
+                           size_t *dup_a, size_t *dup_b) {
+    const char **names = (const char **)calloc(n ? n : 1, sizeof *names);
+    size_t *lens = (size_t *)calloc(n ? n : 1, sizeof *lens);
+    size_t *index = NULL;
+    if (names && lens) {
+        const unsigned char *base = (const unsigned char *)items;
+        for (size_t i = 0; i < n; i++) {
+            memcpy(&names[i], base + i * stride + name_off, sizeof names[i]);
+            memcpy(&lens[i], base + i * stride + len_off, sizeof lens[i]);
+        }
+        index = sort_names(names, lens, n, dup, dup_a, dup_b);
+    }
+    free(names);
+    free(lens);
+    return index;
+}
+
 /* ------------------------------------------------------------------------------------------------------------ */
 /* Parsing */
 
@@ -940,23 +961,10 @@ static int parse_tensors(mm1b_bundle *b, ectx *x, json_object *arr, uint64_t *cu
         prev = t;
     }
 
-    const char **names = (const char **)calloc(n ? n : 1, sizeof *names);
-    size_t *lens = (size_t *)calloc(n ? n : 1, sizeof *lens);
-    if (!names || !lens) {
-        free(names);
-        free(lens);
-        set_error(x, MM1B_ENOMEM, NULL, "out of memory");
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        names[i] = b->tensors[i].name;
-        lens[i] = b->tensors[i].name_len;
-    }
     int dup;
     size_t da = 0, db = 0;
-    b->tensor_by_name = sort_names(names, lens, n, &dup, &da, &db);
-    free(names);
-    free(lens);
+    b->tensor_by_name = index_names(b->tensors, n, sizeof *b->tensors, offsetof(mm1b_tensor, name),
+                                    offsetof(mm1b_tensor, name_len), &dup, &da, &db);
     if (!b->tensor_by_name) {
         set_error(x, MM1B_ENOMEM, NULL, "out of memory");
         return 0;
@@ -1079,23 +1087,10 @@ static int parse_sections(mm1b_bundle *b, ectx *x, json_object *arr, uint64_t *c
     }
     b->nsections = n;
 
-    const char **names = (const char **)calloc(n ? n : 1, sizeof *names);
-    size_t *lens = (size_t *)calloc(n ? n : 1, sizeof *lens);
-    if (!names || !lens) {
-        free(names);
-        free(lens);
-        set_error(x, MM1B_ENOMEM, NULL, "out of memory");
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        names[i] = b->sections[i].name;
-        lens[i] = b->sections[i].name_len;
-    }
     int dup;
     size_t da = 0, db = 0;
-    b->section_by_name = sort_names(names, lens, n, &dup, &da, &db);
-    free(names);
-    free(lens);
+    b->section_by_name = index_names(b->sections, n, sizeof *b->sections, offsetof(mm1b_section, name),
+                                     offsetof(mm1b_section, name_len), &dup, &da, &db);
     if (!b->section_by_name) {
         set_error(x, MM1B_ENOMEM, NULL, "out of memory");
         return 0;
