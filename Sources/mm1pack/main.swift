@@ -141,7 +141,7 @@ struct Synth: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks, reported as ratios to a baseline measured in the same run.",
-        subcommands: [BenchConvert.self]
+        subcommands: [BenchConvert.self, BenchForward.self]
     )
 }
 
@@ -171,6 +171,34 @@ struct BenchConvert: ParsableCommand {
             o.showProgress = false
             let r = try ConvertBench.run(source: source, workDir: workDir, runs: runs, options: o) { print($0) }
             print(r.summary)
+        }
+    }
+}
+
+struct BenchForward: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "forward",
+        abstract: "Time the multimodal forward pass on a 1-image probe; report GFLOP/s against cblas_sgemm (and PyTorch) measured in the same run, and peak RSS.",
+        discussion: """
+        FLOPs are counted analytically (2·m·n·k per matrix product; see ForwardBench.swift). The PyTorch side runs
+        bench/torch_forward.py (same image, same ids) when `python3 -c "import torch"` works.
+        Example:
+          mm1pack bench forward /tmp/mm1-3b.mm1 --runs 3
+          OPENBLAS_CORETYPE=SkylakeX mm1pack bench forward /tmp/mm1-3b.mm1 --runs 3
+        """
+    )
+
+    @Argument(help: "Bundle (.mm1).") var bundle: String
+    @Option(help: "Repetitions (medians are reported).") var runs: Int = 3
+    @Option(help: "Text tokens in the probe (besides the image).") var textTokens: Int = 64
+    @Option(help: "PyTorch reference script.") var torchScript: String = "bench/torch_forward.py"
+    @Flag(help: "Skip the PyTorch comparison.") var noTorch = false
+
+    func run() throws {
+        try MM1PackCLI_run {
+            let r = try ForwardBench.run(bundle: bundle, runs: runs, textTokens: textTokens,
+                                         torchScript: noTorch ? nil : torchScript) { print($0) }
+            print(ForwardBench.summary(r))
         }
     }
 }

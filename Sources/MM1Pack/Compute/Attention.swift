@@ -1,3 +1,4 @@
+import CKernels
 import COpenBLAS
 import Foundation
 
@@ -65,16 +66,7 @@ public enum Attention {
     /// Max-subtracted softmax of `n` values in place.
     @inline(__always)
     static func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
-        var m = -Float.infinity
-        for j in 0..<n { m = max(m, p[j]) }
-        var sum: Float = 0
-        for j in 0..<n {
-            let e = Foundation.exp(p[j] - m)
-            p[j] = e
-            sum += e
-        }
-        let inv = 1 / sum
-        for j in 0..<n { p[j] *= inv }
+        mm1_softmax_f32(p, n)
     }
 
     /// Straightforward reference implementation (loops, no BLAS), for tests.

@@ -1,3 +1,4 @@
+import CKernels
 import COpenBLAS
 import Foundation
 
@@ -58,18 +59,30 @@ public enum Linear {
 }
 
 public enum Norm {
-    /// LayerNorm over the last dimension `d` of `rows` rows.
+    /// LayerNorm over the last dimension `d` of `rows` rows. Rows are split across the cores when there are many.
     public static func layerNorm(_ x: [Float], rows: Int, d: Int, weight: [Float], bias: [Float], eps: Float) -> [Float] {
+        precondition(x.count == rows * d && weight.count >= d && bias.count >= d, "layerNorm: shape mismatch")
         var y = [Float](repeating: 0, count: x.count)
-        for r in 0..<rows {
-            let o = r * d
-            var mean: Float = 0
-            for i in 0..<d { mean += x[o + i] }
-            mean /= Float(d)
-            var v: Float = 0
-            for i in 0..<d { let c = x[o + i] - mean; v += c * c }
-            let inv = 1 / (v / Float(d) + eps).squareRoot()
-            for i in 0..<d { y[o + i] = (x[o + i] - mean) * inv * weight[i] + bias[i] }
+        x.withUnsafeBufferPointer { xb in
+            weight.withUnsafeBufferPointer { wb in
+                bias.withUnsafeBufferPointer { bb in
+                    y.withUnsafeMutableBufferPointer { yb in
+                        let xp = xb.baseAddress!, wp = wb.baseAddress!, bp = bb.baseAddress!, yp = yb.baseAddress!
+                        MM1Parallel.chunks(rows, minPerChunk: max(1, 16384 / max(1, d))) { lo, hi in
+                            for r in lo..<hi {
+                                let xr = xp + r * d, yr = yp + r * d
+                                var mean: Float = 0
+                                for i in 0..<d { mean += xr[i] }
+                                mean /= Float(d)
+                                var v: Float = 0
+                                for i in 0..<d { let c = xr[i] - mean; v += c * c }
+                                let inv = 1 / (v / Float(d) + eps).squareRoot()
+                                for i in 0..<d { yr[i] = (xr[i] - mean) * inv * wp[i] + bp[i] }
+                            }
+                        }
+                    }
+                }
+            }
         }
         return y
     }
@@ -101,29 +114,32 @@ public enum Norm {
 
 public enum Activation {
     public static func apply(_ name: String, _ x: inout [Float]) throws {
+        let f: (UnsafeMutablePointer<Float>, Int) -> Void
         switch name {
-        case "silu": for i in x.indices { x[i] = x[i] / (1 + Foundation.exp(-x[i])) }
-        case "quick_gelu": for i in x.indices { x[i] = x[i] / (1 + Foundation.exp(-1.702 * x[i])) }
-        case "gelu": for i in x.indices { x[i] = 0.5 * x[i] * (1 + erff(x[i] / Float(2).squareRoot())) }
+        case "silu": f = { p, n in mm1_sigmoid_gate_f32(p, n, 1) }
+        case "quick_gelu": f = { p, n in mm1_sigmoid_gate_f32(p, n, 1.702) }
+        case "gelu": f = { p, n in for i in 0..<n { p[i] = 0.5 * p[i] * (1 + erff(p[i] / Float(2).squareRoot())) } }
         case "gelu_tanh", "gelu_pytorch_tanh":
-            for i in x.indices {
-                let v = x[i]
-                x[i] = 0.5 * v * (1 + tanhf(0.7978845608028654 * (v + 0.044715 * v * v * v)))
+            f = { p, n in
+                for i in 0..<n {
+                    let v = p[i]
+                    p[i] = 0.5 * v * (1 + tanhf(0.7978845608028654 * (v + 0.044715 * v * v * v)))
+                }
             }
         default: throw MM1Error("activation '\(name)' is not supported")
+        }
+        x.withUnsafeMutableBufferPointer { xb in
+            guard let base = xb.baseAddress else { return }
+            let box = UnsafeSendableBox(base)
+            MM1Parallel.chunks(xb.count, minPerChunk: 32768) { lo, hi in f(box.value + lo, hi - lo) }
         }
     }
 
     /// Softmax over the last dimension `d` of `rows` rows, in place (max-subtracted).
     public static func softmax(_ x: inout [Float], rows: Int, d: Int) {
-        for r in 0..<rows {
-            let o = r * d
-            var m = -Float.infinity
-            for i in 0..<d { m = max(m, x[o + i]) }
-            var s: Float = 0
-            for i in 0..<d { let e = Foundation.exp(x[o + i] - m); x[o + i] = e; s += e }
-            let inv = 1 / s
-            for i in 0..<d { x[o + i] *= inv }
+        x.withUnsafeMutableBufferPointer { xb in
+            guard let p = xb.baseAddress else { return }
+            for r in 0..<rows { mm1_softmax_f32(p + r * d, d) }
         }
     }
 }

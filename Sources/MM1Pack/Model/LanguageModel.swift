@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// The `llm` section of the canonical configuration, validated.
@@ -190,14 +191,7 @@ public final class LanguageModel: @unchecked Sendable {
         let count = count ?? t.elementCount
         precondition(offset >= 0 && offset + count <= t.elementCount, "widen: range outside tensor")
         guard count > 0 else { return [] }
-        let src = t.data.baseAddress!
-        return [Float](unsafeUninitializedCapacity: count) { buf, initialized in
-            let dst = UnsafeMutableRawPointer(buf.baseAddress!)
-            MM1Parallel.chunks(count, minPerChunk: 1 << 18) { lo, hi in
-                ElementCopy.gather(src: src, from: dtype, base: offset + lo, loops: [(hi - lo, 1)], dst: dst + lo * 4, to: .f32)
-            }
-            initialized = count
-        }
+        return Widen.array(t, offset: offset, count: count)
     }
 
     /// Runs `body` on `count` f32 values of a tensor from element `offset`: f32 tensors are read in place from the
@@ -205,15 +199,12 @@ public final class LanguageModel: @unchecked Sendable {
     func withWeight<R>(_ name: String, offset: Int = 0, count: Int? = nil,
                        _ body: (UnsafePointer<Float>) throws -> R) throws -> R {
         let t = try weights.tensor(name)
-        let n = count ?? t.elementCount
-        if t.dtype == .f32, n > 0, offset >= 0, offset + n <= t.elementCount {
-            let p = t.data.baseAddress! + offset * 4
-            if Int(bitPattern: p) % MemoryLayout<Float>.alignment == 0 {
-                return try body(p.assumingMemoryBound(to: Float.self))
-            }
+        guard let dtype = t.dtype, dtype.isConvertibleFloat else {
+            throw MM1Error(file: weights.bundle.path, tensor: name, "has dtype \(t.dtypeName), which the forward pass cannot read yet")
         }
-        let w = try widen(name, offset: offset, count: n)
-        return try w.withUnsafeBufferPointer { try body($0.baseAddress!) }
+        let n = count ?? t.elementCount
+        precondition(offset >= 0 && offset + n <= t.elementCount, "withWeight: range outside tensor")
+        return try Widen.with(t, offset: offset, count: n, body)
     }
 
     /// x[t, in] · Wᵀ (+ bias) with W = `count` values of `name` from `offset`, shaped [out, in].
@@ -436,10 +427,9 @@ public final class LanguageModel: @unchecked Sendable {
                     out.withUnsafeMutableBufferPointer { ob in
                         let gp = gb.baseAddress!, up = ub.baseAddress!, op = ob.baseAddress!
                         MM1Parallel.chunks(g.count, minPerChunk: 32768) { lo, hi in
-                            for j in lo..<hi {
-                                let z = gp[j]
-                                op[j] = z / (1 + Foundation.exp(-z)) * up[j]
-                            }
+                            (op + lo).update(from: gp + lo, count: hi - lo)
+                            mm1_sigmoid_gate_f32(op + lo, hi - lo, 1)
+                            for j in lo..<hi { op[j] *= up[j] }
                         }
                     }
                 }

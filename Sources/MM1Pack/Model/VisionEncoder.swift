@@ -1,3 +1,4 @@
+import CKernels
 import COpenBLAS
 import Dispatch
 import Foundation
@@ -145,13 +146,13 @@ public final class VisionEncoder: @unchecked Sendable {
         }
         let e = hiddenSize
         let pe = Conv.patchEmbed(pixels, channels: numChannels, height: h, width: w, patch: patchSize,
-                                 weight: try weights.f32("vit.patch_embed.weight"), out: e,
-                                 bias: patchBias ? try weights.f32("vit.patch_embed.bias") : nil)
+                                 weight: try f32("vit.patch_embed.weight"), out: e,
+                                 bias: patchBias ? try f32("vit.patch_embed.bias") : nil)
         let cls = classToken ? 1 : 0
         let t = pe.gh * pe.gw + cls
         var x = [Float](repeating: 0, count: t * e)
         if classToken {
-            let c = try weights.f32("vit.class_embed")
+            let c = try f32("vit.class_embed")
             for i in 0..<e { x[i] = c[i] }
         }
         pe.tokens.withUnsafeBufferPointer { src in
@@ -159,12 +160,12 @@ public final class VisionEncoder: @unchecked Sendable {
                 for i in 0..<(pe.gh * pe.gw * e) { dst[cls * e + i] = src[i] }
             }
         }
-        let pos = try Interpolate.positionEmbedding(try weights.f32("vit.pos_embed"), width: e, classToken: classToken,
+        let pos = try Interpolate.positionEmbedding(try f32("vit.pos_embed"), width: e, classToken: classToken,
                                                     toHeight: pe.gh, width: pe.gw)
         Conv.accumulate(&x, pos)
         if preNorm {
-            x = Norm.layerNorm(x, rows: t, d: e, weight: try weights.f32("vit.pre_norm.weight"),
-                               bias: try weights.f32("vit.pre_norm.bias"), eps: eps)
+            x = Norm.layerNorm(x, rows: t, d: e, weight: try f32("vit.pre_norm.weight"),
+                               bias: try f32("vit.pre_norm.bias"), eps: eps)
         }
         hooks.report(.named("vit.embeddings"), x, [t, e])
         for i in 0..<blocksToRun {
@@ -172,8 +173,8 @@ public final class VisionEncoder: @unchecked Sendable {
             hooks.report(.named("vit.blocks.\(i).output"), x, [t, e])
         }
         if postNormFeatures {
-            x = Norm.layerNorm(x, rows: t, d: e, weight: try weights.f32("vit.post_norm.weight"),
-                               bias: try weights.f32("vit.post_norm.bias"), eps: eps)
+            x = Norm.layerNorm(x, rows: t, d: e, weight: try f32("vit.post_norm.weight"),
+                               bias: try f32("vit.post_norm.bias"), eps: eps)
         }
         if dropClassToken { x = Array(x[e...]) }
         let tokens = dropClassToken ? t - 1 : t
@@ -181,24 +182,56 @@ public final class VisionEncoder: @unchecked Sendable {
         return (x, tokens, e)
     }
 
+    /// A tensor widened to f32 (its pages in the memory map released afterwards).
+    func f32(_ name: String) throws -> [Float] {
+        let t = try weights.tensor(name)
+        guard let dt = t.dtype, dt.isConvertibleFloat else {
+            throw MM1Error(file: weights.bundle.path, tensor: name, "has dtype \(t.dtypeName), which the forward pass cannot read yet")
+        }
+        return Widen.array(t)
+    }
+
+    /// x[t, in] · Wᵀ + b, the weight widened into a reused scratch buffer for the duration of the sgemm.
+    func linear(_ name: String, _ x: [Float], rows t: Int, out: Int, in k: Int, bias: String) throws -> [Float] {
+        precondition(x.count == t * k, "linear: shape mismatch")
+        let b = try f32(bias)
+        var y = [Float](unsafeUninitializedCapacity: t * out) { buf, n in
+            let yp = buf.baseAddress!
+            b.withUnsafeBufferPointer { bp in
+                for r in 0..<t { (yp + r * out).initialize(from: bp.baseAddress!, count: out) }
+            }
+            n = t * out
+        }
+        let wt = try weights.tensor(name)
+        guard let dt = wt.dtype, dt.isConvertibleFloat, wt.elementCount == out * k else {
+            throw MM1Error(file: weights.bundle.path, tensor: name, "cannot be read as a [\(out), \(k)] float weight")
+        }
+        Widen.with(wt) { w in
+            x.withUnsafeBufferPointer { xp in
+                y.withUnsafeMutableBufferPointer { yp in
+                    Linear.gemmNT(xp.baseAddress!, rows: t, weight: w, out: out, in: k, into: yp.baseAddress!, ldy: out, accumulate: true)
+                }
+            }
+        }
+        return y
+    }
+
     /// One pre-norm transformer block on `[t, E]`.
     func block(_ i: Int, _ x: [Float], tokens t: Int) throws -> [Float] {
         let e = hiddenSize
         let p = "vit.blocks.\(i)."
-        func w(_ n: String) throws -> [Float] { try weights.f32(p + n) }
+        func w(_ n: String) throws -> [Float] { try f32(p + n) }
         let h = Norm.layerNorm(x, rows: t, d: e, weight: try w("norm1.weight"), bias: try w("norm1.bias"), eps: eps)
-        let q = Linear.forward(h, rows: t, weight: try w("attn.q.weight"), out: e, in: e, bias: try w("attn.q.bias"))
-        let k = Linear.forward(h, rows: t, weight: try w("attn.k.weight"), out: e, in: e, bias: try w("attn.k.bias"))
-        let v = Linear.forward(h, rows: t, weight: try w("attn.v.weight"), out: e, in: e, bias: try w("attn.v.bias"))
+        let q = try linear(p + "attn.q.weight", h, rows: t, out: e, in: e, bias: p + "attn.q.bias")
+        let k = try linear(p + "attn.k.weight", h, rows: t, out: e, in: e, bias: p + "attn.k.bias")
+        let v = try linear(p + "attn.v.weight", h, rows: t, out: e, in: e, bias: p + "attn.v.bias")
         let a = VisionEncoder.attention(q: q, k: k, v: v, tokens: t, heads: numHeads, width: e)
-        var x1 = Linear.forward(a, rows: t, weight: try w("attn.o.weight"), out: e, in: e, bias: try w("attn.o.bias"))
+        var x1 = try linear(p + "attn.o.weight", a, rows: t, out: e, in: e, bias: p + "attn.o.bias")
         Conv.accumulate(&x1, x)
         let h2 = Norm.layerNorm(x1, rows: t, d: e, weight: try w("norm2.weight"), bias: try w("norm2.bias"), eps: eps)
-        var f = Linear.forward(h2, rows: t, weight: try w("mlp.fc1.weight"), out: intermediateSize, in: e,
-                               bias: try w("mlp.fc1.bias"))
+        var f = try linear(p + "mlp.fc1.weight", h2, rows: t, out: intermediateSize, in: e, bias: p + "mlp.fc1.bias")
         try Activation.apply(activation, &f)
-        var out = Linear.forward(f, rows: t, weight: try w("mlp.fc2.weight"), out: e, in: intermediateSize,
-                                 bias: try w("mlp.fc2.bias"))
+        var out = try linear(p + "mlp.fc2.weight", f, rows: t, out: e, in: intermediateSize, bias: p + "mlp.fc2.bias")
         Conv.accumulate(&out, x1)
         return out
     }
@@ -214,7 +247,9 @@ public final class VisionEncoder: @unchecked Sendable {
                 v.withUnsafeBufferPointer { vp in
                     out.withUnsafeMutableBufferPointer { op in
                         let ptrs = AttentionPointers(q: qp.baseAddress!, k: kp.baseAddress!, v: vp.baseAddress!, out: op.baseAddress!)
-                        DispatchQueue.concurrentPerform(iterations: nh) { head in
+                        // Heads on all cores, each sgemm single-threaded (OpenBLAS's threads fight when several
+                        // threads call it at once).
+                        BLASThreads.single { DispatchQueue.concurrentPerform(iterations: nh) { head in
                             let qb = ptrs.q, kb = ptrs.k, vb = ptrs.v, ob = ptrs.out
                             let col = head * dh
                             let scores = UnsafeMutablePointer<Float>.allocate(capacity: t * t)
@@ -222,19 +257,11 @@ public final class VisionEncoder: @unchecked Sendable {
                             // scores = scale · Q_h · K_hᵀ, reading the head's columns in place (ld = e).
                             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(t), Int32(t), Int32(dh), scale,
                                         qb + col, Int32(e), kb + col, Int32(e), 0, scores, Int32(t))
-                            for r in 0..<t {
-                                let row = scores + r * t
-                                var m = -Float.infinity
-                                for j in 0..<t { m = max(m, row[j]) }
-                                var s: Float = 0
-                                for j in 0..<t { let z = Foundation.exp(row[j] - m); row[j] = z; s += z }
-                                let inv = 1 / s
-                                for j in 0..<t { row[j] *= inv }
-                            }
+                            for r in 0..<t { mm1_softmax_f32(scores + r * t, t) }
                             // out_h = P · V_h, written into the head's columns (ld = e).
                             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(t), Int32(dh), Int32(t), 1,
                                         scores, Int32(t), vb + col, Int32(e), 0, ob + col, Int32(e))
-                        }
+                        } }
                     }
                 }
             }
