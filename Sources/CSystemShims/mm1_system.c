@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "mm1_system.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <unistd.h>
 #if defined(__linux__)
 #include <sys/syscall.h>
@@ -19,5 +20,14 @@ ssize_t mm1_copy_file_range(int fd_in, int64_t *off_in, int fd_out, int64_t *off
     (void)fd_in; (void)off_in; (void)fd_out; (void)off_out; (void)len;
     errno = ENOSYS;
     return -1;
+#endif
+}
+
+int mm1_start_writeback(int fd, int64_t offset, int64_t len) {
+#if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)
+    return sync_file_range(fd, (off_t)offset, (off_t)len, SYNC_FILE_RANGE_WRITE);
+#else
+    (void)fd; (void)offset; (void)len;
+    return 0;
 #endif
 }

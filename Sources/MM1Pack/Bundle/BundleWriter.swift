@@ -206,6 +206,7 @@ public final class BundleWriter {
             left -= n
         }
         filePos += range.length
+        startWriteback()
         return true
     }
 
@@ -310,6 +311,7 @@ public final class BundleWriter {
             // Large writes skip the staging buffer.
             try pwriteAll(bytes, at: filePos)
             filePos += left
+            startWriteback()
             return
         }
         while left > 0 {
@@ -327,7 +329,20 @@ public final class BundleWriter {
         try pwriteAll(UnsafeRawBufferPointer(start: buffer, count: buffered), at: filePos)
         filePos += buffered
         buffered = 0
+        startWriteback()
     }
+
+    private var writebackStart = 0
+
+    /// Hands everything written since the last call to the kernel's writeback now, instead of letting dirty pages
+    /// accumulate until the kernel throttles the writer (which, measured, slowed copies eightfold).
+    private func startWriteback() {
+        guard filePos - writebackStart >= BundleWriter.writebackBytes else { return }
+        _ = mm1_start_writeback(fd, Int64(writebackStart), Int64(filePos - writebackStart))
+        writebackStart = filePos
+    }
+
+    static let writebackBytes = 32 << 20
 
     private func pwriteAll(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws {
         var done = 0
