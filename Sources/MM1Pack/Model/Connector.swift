@@ -87,13 +87,7 @@ public final class Connector: @unchecked Sendable {
         }
     }
 
-    private func w(_ name: String) throws -> [Float] {
-        let t = try weights.tensor("conn." + name)
-        guard let dt = t.dtype, dt.isConvertibleFloat else {
-            throw MM1Error(file: weights.bundle.path, tensor: t.name, "has dtype \(t.dtypeName), which the forward pass cannot read yet")
-        }
-        return Widen.array(t)
-    }
+    private func w(_ name: String) throws -> [Float] { try weights.f32("conn." + name) }
 
     /// Side of the square token grid; the class token must already be gone.
     private func gridSide(_ n: Int) throws -> Int {

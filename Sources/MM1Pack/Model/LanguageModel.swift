@@ -184,24 +184,14 @@ public final class LanguageModel: @unchecked Sendable {
     /// `count` elements of a tensor from element `offset`, widened to f32 (a whole tensor, one expert of a stacked
     /// weight, a chunk of vocabulary rows). Large ranges are split across the cores.
     func widen(_ name: String, offset: Int = 0, count: Int? = nil) throws -> [Float] {
-        let t = try weights.tensor(name)
-        guard let dtype = t.dtype, dtype.isConvertibleFloat else {
-            throw MM1Error(file: weights.bundle.path, tensor: name, "has dtype \(t.dtypeName), which the forward pass cannot read yet")
-        }
-        let count = count ?? t.elementCount
-        precondition(offset >= 0 && offset + count <= t.elementCount, "widen: range outside tensor")
-        guard count > 0 else { return [] }
-        return Widen.array(t, offset: offset, count: count)
+        try weights.f32(name, offset: offset, count: count)
     }
 
     /// Runs `body` on `count` f32 values of a tensor from element `offset`: f32 tensors are read in place from the
     /// memory map (no copy), others are widened into a temporary that is released afterwards.
     func withWeight<R>(_ name: String, offset: Int = 0, count: Int? = nil,
                        _ body: (UnsafePointer<Float>) throws -> R) throws -> R {
-        let t = try weights.tensor(name)
-        guard let dtype = t.dtype, dtype.isConvertibleFloat else {
-            throw MM1Error(file: weights.bundle.path, tensor: name, "has dtype \(t.dtypeName), which the forward pass cannot read yet")
-        }
+        let t = try weights.readableTensor(name)
         let n = count ?? t.elementCount
         precondition(offset >= 0 && offset + n <= t.elementCount, "withWeight: range outside tensor")
         return try Widen.with(t, offset: offset, count: n, body)

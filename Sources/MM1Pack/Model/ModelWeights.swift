@@ -26,18 +26,22 @@ public final class ModelWeights: @unchecked Sendable {
         return t
     }
 
-    /// The tensor's values as f32, row-major.
-    public func f32(_ name: String) throws -> [Float] {
+    /// The tensor, checked to be one the forward pass can read (f32, f16 or bf16).
+    func readableTensor(_ name: String) throws -> BundleTensor {
         let t = try tensor(name)
         guard let dtype = t.dtype, dtype.isConvertibleFloat else {
             throw MM1Error(file: bundle.path, tensor: name, "has dtype \(t.dtypeName), which the forward pass cannot read yet")
         }
-        var out = [Float](repeating: 0, count: t.elementCount)
-        out.withUnsafeMutableBytes { d in
-            ElementCopy.gather(src: t.data.baseAddress!, from: dtype, base: 0, loops: [(t.elementCount, 1)],
-                               dst: d.baseAddress!, to: .f32)
-        }
-        return out
+        return t
+    }
+
+    /// `count` values of the tensor from element `offset` (default: all of it) as f32, row-major. The widening is
+    /// vectorised and the tensor's pages in the memory map are released afterwards (`Widen`).
+    public func f32(_ name: String, offset: Int = 0, count: Int? = nil) throws -> [Float] {
+        let t = try readableTensor(name)
+        let n = count ?? t.elementCount
+        precondition(offset >= 0 && offset + n <= t.elementCount, "f32: range outside tensor")
+        return Widen.array(t, offset: offset, count: n)
     }
 
     /// `f32(name)` when present, nil when the tensor is absent (optional biases).

@@ -146,13 +146,13 @@ public final class VisionEncoder: @unchecked Sendable {
         }
         let e = hiddenSize
         let pe = Conv.patchEmbed(pixels, channels: numChannels, height: h, width: w, patch: patchSize,
-                                 weight: try f32("vit.patch_embed.weight"), out: e,
-                                 bias: patchBias ? try f32("vit.patch_embed.bias") : nil)
+                                 weight: try weights.f32("vit.patch_embed.weight"), out: e,
+                                 bias: patchBias ? try weights.f32("vit.patch_embed.bias") : nil)
         let cls = classToken ? 1 : 0
         let t = pe.gh * pe.gw + cls
         var x = [Float](repeating: 0, count: t * e)
         if classToken {
-            let c = try f32("vit.class_embed")
+            let c = try weights.f32("vit.class_embed")
             for i in 0..<e { x[i] = c[i] }
         }
         pe.tokens.withUnsafeBufferPointer { src in
@@ -160,12 +160,12 @@ public final class VisionEncoder: @unchecked Sendable {
                 for i in 0..<(pe.gh * pe.gw * e) { dst[cls * e + i] = src[i] }
             }
         }
-        let pos = try Interpolate.positionEmbedding(try f32("vit.pos_embed"), width: e, classToken: classToken,
+        let pos = try Interpolate.positionEmbedding(try weights.f32("vit.pos_embed"), width: e, classToken: classToken,
                                                     toHeight: pe.gh, width: pe.gw)
         Conv.accumulate(&x, pos)
         if preNorm {
-            x = Norm.layerNorm(x, rows: t, d: e, weight: try f32("vit.pre_norm.weight"),
-                               bias: try f32("vit.pre_norm.bias"), eps: eps)
+            x = Norm.layerNorm(x, rows: t, d: e, weight: try weights.f32("vit.pre_norm.weight"),
+                               bias: try weights.f32("vit.pre_norm.bias"), eps: eps)
         }
         hooks.report(.named("vit.embeddings"), x, [t, e])
         for i in 0..<blocksToRun {
@@ -173,8 +173,8 @@ public final class VisionEncoder: @unchecked Sendable {
             hooks.report(.named("vit.blocks.\(i).output"), x, [t, e])
         }
         if postNormFeatures {
-            x = Norm.layerNorm(x, rows: t, d: e, weight: try f32("vit.post_norm.weight"),
-                               bias: try f32("vit.post_norm.bias"), eps: eps)
+            x = Norm.layerNorm(x, rows: t, d: e, weight: try weights.f32("vit.post_norm.weight"),
+                               bias: try weights.f32("vit.post_norm.bias"), eps: eps)
         }
         if dropClassToken { x = Array(x[e...]) }
         let tokens = dropClassToken ? t - 1 : t
@@ -182,19 +182,10 @@ public final class VisionEncoder: @unchecked Sendable {
         return (x, tokens, e)
     }
 
-    /// A tensor widened to f32 (its pages in the memory map released afterwards).
-    func f32(_ name: String) throws -> [Float] {
-        let t = try weights.tensor(name)
-        guard let dt = t.dtype, dt.isConvertibleFloat else {
-            throw MM1Error(file: weights.bundle.path, tensor: name, "has dtype \(t.dtypeName), which the forward pass cannot read yet")
-        }
-        return Widen.array(t)
-    }
-
     /// x[t, in] · Wᵀ + b, the weight widened into a reused scratch buffer for the duration of the sgemm.
     func linear(_ name: String, _ x: [Float], rows t: Int, out: Int, in k: Int, bias: String) throws -> [Float] {
         precondition(x.count == t * k, "linear: shape mismatch")
-        let b = try f32(bias)
+        let b = try weights.f32(bias)
         var y = [Float](unsafeUninitializedCapacity: t * out) { buf, n in
             let yp = buf.baseAddress!
             b.withUnsafeBufferPointer { bp in
@@ -220,7 +211,7 @@ public final class VisionEncoder: @unchecked Sendable {
     func block(_ i: Int, _ x: [Float], tokens t: Int) throws -> [Float] {
         let e = hiddenSize
         let p = "vit.blocks.\(i)."
-        func w(_ n: String) throws -> [Float] { try f32(p + n) }
+        func w(_ n: String) throws -> [Float] { try weights.f32(p + n) }
         let h = Norm.layerNorm(x, rows: t, d: e, weight: try w("norm1.weight"), bias: try w("norm1.bias"), eps: eps)
         let q = try linear(p + "attn.q.weight", h, rows: t, out: e, in: e, bias: p + "attn.q.bias")
         let k = try linear(p + "attn.k.weight", h, rows: t, out: e, in: e, bias: p + "attn.k.bias")
