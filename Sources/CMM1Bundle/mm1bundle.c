@@ -777,6 +777,144 @@ static char *serialize(json_object *o, size_t *len) {
     return dup_str(s, len);
 }
 
+/* ------------------------------------------------------------------------------------------------------------ */
+/* Quantized tensors (bundle.md section 2.2) */
+
+static int align_u64(uint64_t v, uint64_t a, uint64_t *r) {
+    uint64_t t;
+    if (!add_u64(v, a - 1, &t)) return 0;
+    *r = t / a * a;
+    return 1;
+}
+
+/* One sub-block member ("codes", "scales", "zeros"): an object with exactly an int offset and an int length, which
+ * must be the canonical ones. The placement is fixed so that two writers produce the same bytes and a reader never
+ * has to handle overlapping or reordered blocks. */
+static int check_subblock(ectx *x, const char *tensor, json_object *q, const char *which, uint64_t want_off,
+                          uint64_t want_len, uint64_t *off, uint64_t *len) {
+    static const member_spec spec[] = {
+        {"offset", json_type_int, 0},
+        {"length", json_type_int, 0},
+    };
+    char what[32];
+    snprintf(what, sizeof what, "quant.%s: ", which);
+    json_object *o = member(q, which);
+    if (!check_members(x, tensor, what, o, spec, sizeof spec / sizeof spec[0])) return 0;
+    if (!get_uint(x, tensor, what, o, "offset", off)) return 0;
+    if (!get_uint(x, tensor, what, o, "length", len)) return 0;
+    if (*off != want_off || *len != want_len) {
+        set_error(x, MM1B_EFORMAT, tensor,
+                  "quant.%s: offset %llu and length %llu are not the canonical offset %llu and length %llu", which,
+                  (unsigned long long)*off, (unsigned long long)*len, (unsigned long long)want_off,
+                  (unsigned long long)want_len);
+        return 0;
+    }
+    return 1;
+}
+
+/* Validates the 'quant' object of tensor t (shape, numel and length already parsed) and fills the quant_* fields. */
+static int parse_quant(ectx *x, mm1b_tensor *t, json_object *q) {
+    static const member_spec spec[] = {
+        {"scheme", json_type_string, 0}, {"group_size", json_type_int, 0}, {"scale_dtype", json_type_string, 0},
+        {"codes", json_type_object, 0},  {"scales", json_type_object, 0},  {"zeros", json_type_object, 1},
+    };
+    const char *name = t->name;
+    char buf[300];
+    int i8 = t->dtype == MM1B_DTYPE_I8;
+    if (t->rank < 2) {
+        set_error(x, MM1B_EFORMAT, name, "a quantized tensor needs rank >= 2 (groups run along the last dimension), "
+                  "not rank %u", (unsigned)t->rank);
+        return 0;
+    }
+    if (!check_members(x, name, "quant: ", q, spec, sizeof spec / sizeof spec[0])) return 0;
+
+    json_object *js = member(q, "scheme");
+    const char *sch = json_object_get_string(js);
+    size_t schl = (size_t)json_object_get_string_len(js);
+    int asym;
+    if (schl == 3 && memcmp(sch, "sym", 3) == 0) {
+        asym = 0;
+    } else if (schl == 4 && memcmp(sch, "asym", 4) == 0) {
+        asym = 1;
+    } else {
+        set_error(x, MM1B_EFORMAT, name, "quant: unknown scheme '%s' (known: sym, asym)",
+                  show(sch, schl, buf, sizeof buf));
+        return 0;
+    }
+    if (asym && i8) {
+        set_error(x, MM1B_EFORMAT, name, "quant: scheme 'asym' is not allowed with dtype i8 (int8 is symmetric only)");
+        return 0;
+    }
+    int has_zeros = json_object_object_get_ex(q, "zeros", NULL);
+    if (asym && !has_zeros) {
+        set_error(x, MM1B_EFORMAT, name, "quant: missing member 'zeros' (required by scheme 'asym')");
+        return 0;
+    }
+    if (!asym && has_zeros) {
+        set_error(x, MM1B_EFORMAT, name, "quant: member 'zeros' is only allowed with scheme 'asym'");
+        return 0;
+    }
+    json_object *jsd = member(q, "scale_dtype");
+    const char *sd = json_object_get_string(jsd);
+    size_t sdl = (size_t)json_object_get_string_len(jsd);
+    if (!(sdl == 3 && memcmp(sd, "f16", 3) == 0)) {
+        set_error(x, MM1B_EFORMAT, name, "quant: unknown scale_dtype '%s' (known: f16)", show(sd, sdl, buf, sizeof buf));
+        return 0;
+    }
+    uint64_t g;
+    if (!get_uint(x, name, "quant: ", q, "group_size", &g)) return 0;
+    uint64_t k = t->shape[t->rank - 1];
+    if (g < 2 || g % 2 != 0) {
+        set_error(x, MM1B_EFORMAT, name, "quant: group_size %llu is not an even number >= 2", (unsigned long long)g);
+        return 0;
+    }
+    if (k % g != 0) {
+        set_error(x, MM1B_EFORMAT, name, "quant: group_size %llu does not divide the last dimension %llu",
+                  (unsigned long long)g, (unsigned long long)k);
+        return 0;
+    }
+
+    /* numel <= 2^63 - 1 and K is even (G is), so none of these can overflow; the checks keep that local. */
+    uint64_t rows = t->numel / k;
+    uint64_t codes_len = i8 ? t->numel : t->numel / 2;
+    uint64_t scales_len, scales_off, scales_end, zeros_off = 0, zeros_len = 0, end;
+    const uint64_t a = MM1B_QUANT_SUBBLOCK_ALIGNMENT;
+    if (!mul_u64(t->numel / g, 2, &scales_len) || !align_u64(codes_len, a, &scales_off) ||
+        !add_u64(scales_off, scales_len, &scales_end)) {
+        set_error(x, MM1B_EFORMAT, name, "quant: sub-block sizes overflow 64 bits");
+        return 0;
+    }
+    end = scales_end;
+    if (asym) {
+        zeros_len = scales_len;
+        if (!align_u64(scales_end, a, &zeros_off) || !add_u64(zeros_off, zeros_len, &end)) {
+            set_error(x, MM1B_EFORMAT, name, "quant: sub-block sizes overflow 64 bits");
+            return 0;
+        }
+    }
+    uint64_t off, len;
+    if (!check_subblock(x, name, q, "codes", 0, codes_len, &off, &len)) return 0;
+    if (!check_subblock(x, name, q, "scales", scales_off, scales_len, &off, &len)) return 0;
+    if (asym && !check_subblock(x, name, q, "zeros", zeros_off, zeros_len, &off, &len)) return 0;
+    if (t->length != end) {
+        set_error(x, MM1B_EFORMAT, name, "length %llu is not %llu, the end of its last quant sub-block ('%s')",
+                  (unsigned long long)t->length, (unsigned long long)end, asym ? "zeros" : "scales");
+        return 0;
+    }
+    t->quant_bits = i8 ? 8u : 4u;
+    t->quant_asym = asym;
+    t->quant_group_size = g;
+    t->quant_rows = rows;
+    t->quant_cols = k;
+    t->codes_offset = 0;
+    t->codes_length = codes_len;
+    t->scales_offset = scales_off;
+    t->scales_length = scales_len;
+    t->zeros_offset = zeros_off;
+    t->zeros_length = zeros_len;
+    return 1;
+}
+
 static int parse_tensors(mm1b_bundle *b, ectx *x, json_object *arr, uint64_t *cursor) {
     static const member_spec spec[] = {
         {"name", json_type_string, 0},  {"dtype", json_type_string, 0}, {"shape", json_type_array, 0},
@@ -903,8 +1041,7 @@ static int parse_tensors(mm1b_bundle *b, ectx *x, json_object *arr, uint64_t *cu
                           t->dtype_name);
                 return 0;
             }
-        } else if (t->length == 0) {
-            set_error(x, MM1B_EFORMAT, name, "length is 0");
+        } else if (!parse_quant(x, t, jq)) {
             return 0;
         }
         if (!parse_digest(x, name, "", member(e, "sha256"), t->sha256)) return 0;

@@ -180,9 +180,12 @@ final class BundleReaderTests: XCTestCase {
     func testOpensValidBundle() throws {
         let tokenizer = Array(#"{"model":{"vocab":{"a":0,"b":1}}}"#.utf8)
         let preproc = Array(String(repeating: #"{"size":224,"mean":[0.5,0.5,0.5]}"#, count: 20).utf8)
-        let quant: [String: Any] = ["scheme": "q4_0", "group_size": 32, "blocks": [["name": "codes", "offset": 0, "length": 16]]]
+        // q4 sym g8 of [4, 8]: 16 code bytes, padding to 64, then four f16 scales of 1.0 (formats/bundle.md §2.2).
+        let quant: [String: Any] = ["scheme": "sym", "group_size": 8, "scale_dtype": "f16",
+                                    "codes": ["offset": 0, "length": 16], "scales": ["offset": 64, "length": 8]]
+        let qbytes = Array(0..<16) + [UInt8](repeating: 0, count: 48) + [0x00, 0x3c, 0x00, 0x3c, 0x00, 0x3c, 0x00, 0x3c]
         let tensors = TestBundle.standardTensors + [
-            TestBundle.Tensor(name: "llm.q.weight", dtype: "q4", shape: [4, 8], bytes: Array(0..<16), quant: quant),
+            TestBundle.Tensor(name: "llm.q.weight", dtype: "q4", shape: [4, 8], bytes: qbytes, quant: quant),
         ]
         let sections = [
             TestBundle.Section(name: "tokenizer.json", encoding: "raw", stored: tokenizer, raw: tokenizer),
@@ -224,8 +227,8 @@ final class BundleReaderTests: XCTestCase {
         XCTAssertEqual(q.dtypeName, "q4")
         XCTAssertTrue(q.isQuantized)
         let qj = try JSONSerialization.jsonObject(with: Data(try XCTUnwrap(q.quantJSON).utf8)) as? [String: Any]
-        XCTAssertEqual(qj?["scheme"] as? String, "q4_0")
-        XCTAssertEqual(qj?["group_size"] as? Int, 32)
+        XCTAssertEqual(qj?["scheme"] as? String, "sym")
+        XCTAssertEqual(qj?["group_size"] as? Int, 8)
 
         XCTAssertNil(r.tensor(named: "llm.missing"))
         XCTAssertNil(r.tensor(named: ""))

@@ -79,7 +79,15 @@ int main(int argc, char **argv) {
         if (!quiet || !ok)
             printf("%s %s %s %" PRIu64 " %" PRIu64 " %s %s\n", t->name, t->dtype_name, shape, t->offset, t->length,
                    hex, ok ? "ok" : "MISMATCH");
-        if (!quiet && t->quant_json) printf("  quant %s\n", t->quant_json);
+        if (!quiet && t->quant_json) {
+            printf("  quant %s\n", t->quant_json);
+            printf("  quant bits %" PRIu32 " scheme %s group_size %" PRIu64 " rows %" PRIu64 " cols %" PRIu64
+                   " codes %" PRIu64 "+%" PRIu64 " scales %" PRIu64 "+%" PRIu64,
+                   t->quant_bits, t->quant_asym ? "asym" : "sym", t->quant_group_size, t->quant_rows, t->quant_cols,
+                   t->codes_offset, t->codes_length, t->scales_offset, t->scales_length);
+            if (t->quant_asym) printf(" zeros %" PRIu64 "+%" PRIu64, t->zeros_offset, t->zeros_length);
+            printf("\n");
+        }
     }
     if (!quiet) printf("sections %zu\n", mm1b_section_count(b));
     for (size_t i = 0; i < mm1b_section_count(b); i++) {

@@ -27,6 +27,13 @@ static void exercise(const uint8_t *data, size_t size) {
         const mm1b_tensor *t = mm1b_tensor_at(b, i);
         if (mm1b_find_tensor(b, t->name) != t) abort();
         if (t->offset + t->length > size) abort();
+        /* An accepted quantized tensor's sub-blocks are in order, inside the tensor, and end where it ends. */
+        if (t->quant_json) {
+            uint64_t last_end = t->quant_asym ? t->zeros_offset + t->zeros_length : t->scales_offset + t->scales_length;
+            if (t->codes_offset != 0 || t->codes_length > t->scales_offset || last_end != t->length ||
+                (t->quant_asym && t->scales_offset + t->scales_length > t->zeros_offset))
+                abort();
+        }
         (void)mm1b_check_tensor(b, t);
     }
     for (size_t i = 0; i < mm1b_section_count(b); i++) {

@@ -42,9 +42,12 @@ typedef enum mm1b_dtype {
     MM1B_DTYPE_F32 = 1,
     MM1B_DTYPE_F16 = 2,
     MM1B_DTYPE_BF16 = 3,
-    MM1B_DTYPE_I8 = 4, /* reserved, quantized: always carries quant_json */
-    MM1B_DTYPE_Q4 = 5  /* reserved, quantized: always carries quant_json */
+    MM1B_DTYPE_I8 = 4, /* quantized, 8-bit symmetric codes (bundle.md section 2.2) */
+    MM1B_DTYPE_Q4 = 5  /* quantized, 4-bit codes, two per byte, symmetric or asymmetric */
 } mm1b_dtype;
+
+/* Sub-blocks of a quantized tensor start at multiples of this many bytes from the tensor's start. */
+#define MM1B_QUANT_SUBBLOCK_ALIGNMENT 64u
 
 typedef enum mm1b_encoding {
     MM1B_ENCODING_RAW = 0,
@@ -67,6 +70,19 @@ typedef struct mm1b_tensor {
     const void *data;        /* pointer into the mapping: length bytes */
     const char *quant_json;  /* the 'quant' object serialized by json-c, or NULL for float dtypes */
     size_t index;            /* position in the tensor table */
+
+    /* Quantized tensors only (all zero for float dtypes), validated against bundle.md section 2.2 at open: the
+     * logical shape is [R, K] with K = shape[rank - 1] and R the product of the other dimensions; groups of
+     * quant_group_size consecutive elements of a row share a scale (and zero point). Sub-block offsets are relative
+     * to the tensor's first byte (`data`), and are the canonical ones, so codes_offset is always 0. */
+    uint32_t quant_bits;       /* 8 (i8) or 4 (q4) */
+    int quant_asym;            /* 1 when the scheme is "asym" (q4 only): zero points present */
+    uint64_t quant_group_size; /* even, >= 2, divides K */
+    uint64_t quant_rows;       /* R */
+    uint64_t quant_cols;       /* K */
+    uint64_t codes_offset, codes_length;   /* R*K bytes (i8) or R*K/2 (q4) */
+    uint64_t scales_offset, scales_length; /* R*(K/G) binary16 values */
+    uint64_t zeros_offset, zeros_length;   /* same size as scales when quant_asym, else 0 and 0 */
 } mm1b_tensor;
 
 typedef struct mm1b_section {

@@ -10,7 +10,7 @@ public struct BundleTensor: @unchecked Sendable, CustomStringConvertible {
     /// Position in the tensor table.
     public let index: Int
     public let name: String
-    /// `.f32`, `.f16` or `.bf16`; `nil` for the reserved quantized dtypes (`i8`, `q4`), see `dtypeName`.
+    /// `.f32`, `.f16` or `.bf16`; `nil` for the quantized dtypes (`i8`, `q4`), see `dtypeName` and `quant`.
     public let dtype: DType?
     /// The dtype as stored: `f32`, `f16`, `bf16`, `i8`, `q4`.
     public let dtypeName: String
@@ -26,6 +26,9 @@ public struct BundleTensor: @unchecked Sendable, CustomStringConvertible {
     public let sha256: String
     /// The `quant` object serialized as JSON, for quantized tensors only.
     public let quantJSON: String?
+    /// The quantization parameters the C parser validated (formats/bundle.md §2.2), for quantized tensors only; read
+    /// the values with `QuantizedView`.
+    public let quant: BundleQuantParameters?
     /// The tensor's bytes inside the mapping (row-major, little-endian).
     public let data: UnsafeRawBufferPointer
 
@@ -137,6 +140,7 @@ public final class BundleReader: @unchecked Sendable {
             tensors.append(BundleTensor(
                 index: i, name: name, dtype: dtype, dtypeName: dtypeName, shape: shape, elementCount: Int(t.numel), offset: Int(t.offset),
                 relativeOffset: Int(t.rel_offset), length: Int(t.length), sha256: sha, quantJSON: quant,
+                quant: quant == nil ? nil : BundleQuantParameters(t),
                 data: UnsafeRawBufferPointer(start: t.data, count: Int(t.length))))
             tensorIndex[name] = i
         }
