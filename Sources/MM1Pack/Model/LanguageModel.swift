@@ -174,10 +174,7 @@ public final class LanguageModel: @unchecked Sendable {
             guard t.shape == shape else {
                 throw MM1Error(file: weights.bundle.path, tensor: name, "has shape \(t.shape); the config implies \(shape)")
             }
-            guard let dt = t.dtype, dt.isConvertibleFloat else {
-                throw MM1Error(file: weights.bundle.path, tensor: name,
-                               "has dtype \(t.dtypeName), which the forward pass cannot read yet")
-            }
+            _ = try weights.readableTensor(name)
         }
     }
 
@@ -187,14 +184,11 @@ public final class LanguageModel: @unchecked Sendable {
         try weights.f32(name, offset: offset, count: count)
     }
 
-    /// Runs `body` on `count` f32 values of a tensor from element `offset`: f32 tensors are read in place from the
-    /// memory map (no copy), others are widened into a temporary that is released afterwards.
+    /// Runs `body` on `count` f32 values of a tensor from element `offset` (`ModelWeights.withF32`: overrides,
+    /// f32 in place, widened or dequantized into a pooled buffer).
     func withWeight<R>(_ name: String, offset: Int = 0, count: Int? = nil,
                        _ body: (UnsafePointer<Float>) throws -> R) throws -> R {
-        let t = try weights.readableTensor(name)
-        let n = count ?? t.elementCount
-        precondition(offset >= 0 && offset + n <= t.elementCount, "withWeight: range outside tensor")
-        return try Widen.with(t, offset: offset, count: n, body)
+        try weights.withF32(name, offset: offset, count: count, body)
     }
 
     /// x[t, in] · Wᵀ (+ bias) with W = `count` values of `name` from `offset`, shaped [out, in].
@@ -222,18 +216,27 @@ public final class LanguageModel: @unchecked Sendable {
     /// The embedding rows of `ids`, [T, D].
     public func embed(_ ids: [Int]) throws -> [Float] {
         let d = config.hiddenSize, v = config.vocabSize
-        let t = try weights.tensor("llm.embed.weight")
-        guard let dtype = t.dtype, dtype.isConvertibleFloat else {
-            throw MM1Error(file: weights.bundle.path, tensor: t.name, "has dtype \(t.dtypeName), which the forward pass cannot read yet")
-        }
+        let name = "llm.embed.weight"
+        let t = try weights.readableTensor(name)
         if let (pos, bad) = ids.enumerated().first(where: { $0.element < 0 || $0.element >= v }) {
             throw MM1Error(file: weights.bundle.path, "token id \(bad) at position \(pos) is outside the vocabulary (0..<\(v))")
         }
         var out = [Float](repeating: 0, count: ids.count * d)
-        out.withUnsafeMutableBytes { dst in
+        if weights.overrides[name] == nil, !t.isQuantized, let dtype = t.dtype {
+            // Gather the rows straight from the map: a lookup must not widen the whole table.
+            out.withUnsafeMutableBytes { dst in
+                for (r, id) in ids.enumerated() {
+                    ElementCopy.gather(src: t.data.baseAddress!, from: dtype, base: id * d, loops: [(d, 1)],
+                                       dst: dst.baseAddress! + r * d * 4, to: .f32)
+                }
+            }
+            return out
+        }
+        try out.withUnsafeMutableBufferPointer { dst in
             for (r, id) in ids.enumerated() {
-                ElementCopy.gather(src: t.data.baseAddress!, from: dtype, base: id * d, loops: [(d, 1)],
-                                   dst: dst.baseAddress! + r * d * 4, to: .f32)
+                try weights.withF32(name, offset: id * d, count: d) { row in
+                    (dst.baseAddress! + r * d).update(from: row, count: d)
+                }
             }
         }
         return out

@@ -86,14 +86,18 @@ public final class MultimodalModel {
 
     /// The pieces of each image of a sample, in order: whole images, or split per `image_split`.
     public func imagePieces(_ paths: [String]) throws -> [[ImagePiece]] {
+        try imagePieces(images: paths.map { try ImageDecoder.decode(path: $0) })
+    }
+
+    /// `imagePieces` for images already decoded (the quantizer's built-in calibration images are made in memory).
+    public func imagePieces(images: [RGBImage]) throws -> [[ImagePiece]] {
         guard let preprocessor else {
-            if paths.isEmpty { return [] }
+            if images.isEmpty { return [] }
             throw MM1Error(file: weights.bundle.path, "this model has no image encoder")
         }
-        guard let split = imageSplit, !paths.isEmpty else {
-            return try paths.map { [.pixels(try pixels(imageAt: $0), size: preprocessor.imageSize)] }
+        guard let split = imageSplit, !images.isEmpty else {
+            return images.map { [.pixels(preprocessor($0), size: preprocessor.imageSize)] }
         }
-        let images = try paths.map { try ImageDecoder.decode(path: $0) }
         let sample = try ImageSplitting.prepareSample(images, tileSize: split.tileSize, nMin: split.nMin, nMax: split.nMax,
                                                       indicator: split.indicator, padColor: split.padColor)
         return try sample.segments.map { segs in
@@ -116,6 +120,13 @@ public final class MultimodalModel {
     /// The expanded input sequence: text rows from the embedding table, each image token replaced in place by
     /// its pieces (indicator text rows and image rows).
     public func inputEmbeddings(ids: [Int], images: [[ImagePiece]], hooks: (any ForwardHooks)? = nil) throws -> (data: [Float], rows: Int) {
+        try inputEmbeddings(ids: ids, images: images) { p, size in try imageEmbeddings(pixels: p, size: size, hooks: hooks) }
+    }
+
+    /// `inputEmbeddings` with the image rows supplied by `encode`, called once per image piece in sequence order
+    /// (the quantizer passes rows it computed block by block).
+    public func inputEmbeddings(ids: [Int], images: [[ImagePiece]],
+                                encode: ([Float], Int) throws -> (data: [Float], rows: Int)) throws -> (data: [Float], rows: Int) {
         guard let llm else { throw MM1Error(file: weights.bundle.path, "this model has no language model") }
         let slots = ids.enumerated().filter { isImageToken($0.element) }.map(\.offset)
         guard slots.count == images.count else {
@@ -143,7 +154,7 @@ public final class MultimodalModel {
                     textRun += t
                 case .pixels(let p, let size):
                     try flushText()
-                    let img = try imageEmbeddings(pixels: p, size: size, hooks: hooks)
+                    let img = try encode(p, size)
                     guard img.data.count == img.rows * d else {
                         throw MM1Error(file: weights.bundle.path, "the connector's output width does not match the language model's \(d)")
                     }

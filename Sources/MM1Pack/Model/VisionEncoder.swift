@@ -138,6 +138,21 @@ public final class VisionEncoder: @unchecked Sendable {
 
     /// Non-square variant: `pixels` = `[C, h, w]`.
     public func forward(pixels: [Float], height h: Int, width w: Int, hooks: (any ForwardHooks)? = nil) throws -> (features: [Float], tokens: Int, width: Int) {
+        var (x, t) = try embed(pixels: pixels, height: h, width: w)
+        hooks.report(.named("vit.embeddings"), x, [t, hiddenSize])
+        for i in 0..<blocksToRun {
+            x = try block(i, x, tokens: t, hooks: hooks)
+            hooks.report(.named("vit.blocks.\(i).output"), x, [t, hiddenSize])
+        }
+        let f = try finish(x, tokens: t)
+        hooks.report(.named("vit.features"), f.features, [f.tokens, hiddenSize])
+        return (f.features, f.tokens, hiddenSize)
+    }
+
+    /// The input of block 0 for an image `[C, h, w]`: patch embedding, class token, position embeddings and the
+    /// pre-norm, `[t, E]`. `forward` = `embed`, then `block` for `0..<blocksToRun`, then `finish`; the quantizer
+    /// runs the same three steps one block at a time over all its calibration images.
+    public func embed(pixels: [Float], height h: Int, width w: Int) throws -> (x: [Float], tokens: Int) {
         guard pixels.count == numChannels * h * w else {
             throw MM1Error("image has \(pixels.count) values, expected \(numChannels)×\(h)×\(w)")
         }
@@ -167,23 +182,25 @@ public final class VisionEncoder: @unchecked Sendable {
             x = Norm.layerNorm(x, rows: t, d: e, weight: try weights.f32("vit.pre_norm.weight"),
                                bias: try weights.f32("vit.pre_norm.bias"), eps: eps)
         }
-        hooks.report(.named("vit.embeddings"), x, [t, e])
-        for i in 0..<blocksToRun {
-            x = try block(i, x, tokens: t)
-            hooks.report(.named("vit.blocks.\(i).output"), x, [t, e])
-        }
+        return (x, t)
+    }
+
+    /// The features handed to the connector from the last block's output: post-norm and class-token removal as
+    /// configured.
+    public func finish(_ input: [Float], tokens t: Int) throws -> (features: [Float], tokens: Int) {
+        let e = hiddenSize
+        var x = input
         if postNormFeatures {
             x = Norm.layerNorm(x, rows: t, d: e, weight: try weights.f32("vit.post_norm.weight"),
                                bias: try weights.f32("vit.post_norm.bias"), eps: eps)
         }
         if dropClassToken { x = Array(x[e...]) }
-        let tokens = dropClassToken ? t - 1 : t
-        hooks.report(.named("vit.features"), x, [tokens, e])
-        return (x, tokens, e)
+        return (x, dropClassToken ? t - 1 : t)
     }
 
     /// x[t, in] · Wᵀ + b, the weight widened into a reused scratch buffer for the duration of the sgemm.
-    func linear(_ name: String, _ x: [Float], rows t: Int, out: Int, in k: Int, bias: String) throws -> [Float] {
+    func linear(_ name: String, _ x: [Float], rows t: Int, out: Int, in k: Int, bias: String,
+                hooks: (any ForwardHooks)? = nil) throws -> [Float] {
         precondition(x.count == t * k, "linear: shape mismatch")
         let b = try weights.f32(bias)
         var y = [Float](unsafeUninitializedCapacity: t * out) { buf, n in
@@ -193,11 +210,12 @@ public final class VisionEncoder: @unchecked Sendable {
             }
             n = t * out
         }
-        let wt = try weights.tensor(name)
-        guard let dt = wt.dtype, dt.isConvertibleFloat, wt.elementCount == out * k else {
-            throw MM1Error(file: weights.bundle.path, tensor: name, "cannot be read as a [\(out), \(k)] float weight")
+        let wt = try weights.readableTensor(name)
+        guard wt.elementCount == out * k else {
+            throw MM1Error(file: weights.bundle.path, tensor: name, "has shape \(wt.shape), not [\(out), \(k)]")
         }
-        Widen.with(wt) { w in
+        hooks.report(.linearInput(name), x, [t, k])
+        try weights.withF32(name) { w in
             x.withUnsafeBufferPointer { xp in
                 y.withUnsafeMutableBufferPointer { yp in
                     Linear.gemmNT(xp.baseAddress!, rows: t, weight: w, out: out, in: k, into: yp.baseAddress!, ldy: out, accumulate: true)
@@ -208,21 +226,21 @@ public final class VisionEncoder: @unchecked Sendable {
     }
 
     /// One pre-norm transformer block on `[t, E]`.
-    func block(_ i: Int, _ x: [Float], tokens t: Int) throws -> [Float] {
+    public func block(_ i: Int, _ x: [Float], tokens t: Int, hooks: (any ForwardHooks)? = nil) throws -> [Float] {
         let e = hiddenSize
         let p = "vit.blocks.\(i)."
         func w(_ n: String) throws -> [Float] { try weights.f32(p + n) }
         let h = Norm.layerNorm(x, rows: t, d: e, weight: try w("norm1.weight"), bias: try w("norm1.bias"), eps: eps)
-        let q = try linear(p + "attn.q.weight", h, rows: t, out: e, in: e, bias: p + "attn.q.bias")
-        let k = try linear(p + "attn.k.weight", h, rows: t, out: e, in: e, bias: p + "attn.k.bias")
-        let v = try linear(p + "attn.v.weight", h, rows: t, out: e, in: e, bias: p + "attn.v.bias")
+        let q = try linear(p + "attn.q.weight", h, rows: t, out: e, in: e, bias: p + "attn.q.bias", hooks: hooks)
+        let k = try linear(p + "attn.k.weight", h, rows: t, out: e, in: e, bias: p + "attn.k.bias", hooks: hooks)
+        let v = try linear(p + "attn.v.weight", h, rows: t, out: e, in: e, bias: p + "attn.v.bias", hooks: hooks)
         let a = VisionEncoder.attention(q: q, k: k, v: v, tokens: t, heads: numHeads, width: e)
-        var x1 = try linear(p + "attn.o.weight", a, rows: t, out: e, in: e, bias: p + "attn.o.bias")
+        var x1 = try linear(p + "attn.o.weight", a, rows: t, out: e, in: e, bias: p + "attn.o.bias", hooks: hooks)
         Conv.accumulate(&x1, x)
         let h2 = Norm.layerNorm(x1, rows: t, d: e, weight: try w("norm2.weight"), bias: try w("norm2.bias"), eps: eps)
-        var f = try linear(p + "mlp.fc1.weight", h2, rows: t, out: intermediateSize, in: e, bias: p + "mlp.fc1.bias")
+        var f = try linear(p + "mlp.fc1.weight", h2, rows: t, out: intermediateSize, in: e, bias: p + "mlp.fc1.bias", hooks: hooks)
         try Activation.apply(activation, &f)
-        var out = try linear(p + "mlp.fc2.weight", f, rows: t, out: e, in: intermediateSize, bias: p + "mlp.fc2.bias")
+        var out = try linear(p + "mlp.fc2.weight", f, rows: t, out: e, in: intermediateSize, bias: p + "mlp.fc2.bias", hooks: hooks)
         Conv.accumulate(&out, x1)
         return out
     }
