@@ -8,7 +8,7 @@ struct MM1PackCLI: ParsableCommand {
         commandName: "mm1pack",
         abstract: "Convert, quantize and verify MM1-family multimodal checkpoints as one memory-mapped bundle.",
         version: Converter.toolVersion,
-        subcommands: [Convert.self, Inspect.self, Logits.self, Synth.self, Bench.self]
+        subcommands: [Convert.self, Quantize.self, Inspect.self, Logits.self, Synth.self, Bench.self]
     )
 }
 
@@ -141,7 +141,7 @@ struct Synth: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks, reported as ratios to a baseline measured in the same run.",
-        subcommands: [BenchConvert.self, BenchForward.self]
+        subcommands: [BenchConvert.self, BenchForward.self, BenchQuantize.self]
     )
 }
 
@@ -252,6 +252,108 @@ struct Logits: ParsableCommand {
             }
             progress.done()
             if !quiet { print("wrote \(probes.count) file(s) to \(out)") }
+        }
+    }
+}
+
+struct Quantize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Quantize a model to int8 or int4, calibrated by running the whole model on calibration inputs.",
+        discussion: """
+        SRC is an f32/f16/bf16 bundle or a source checkpoint. The recipe (recipes/*.json; --bits 4 uses mm1-int4, \
+        --bits 8 mm1-int8) says which tensors get which format and method. Calibration inputs (--calib, a probe-format \
+        JSONL file: formats/probes.md) run through the ViT, the connector and the LLM one block at a time; each block \
+        is quantized on the outputs of the blocks before it as already quantized. Without --calib a small built-in \
+        set is used, and the report says so. The report lists each weight's relative output error with plain \
+        round-to-nearest and with the method used, and bits per weight per component.
+
+        Examples:
+          mm1pack quantize tiny.mm1 -o tiny-q4.mm1 --bits 4
+          mm1pack quantize model.mm1 -o model-q4.mm1 --bits 4 --method gptq --group-size 64 --calib calib.jsonl --samples 64
+          mm1pack quantize model.mm1 -o model-mixed.mm1 --recipe recipes/mm1-mixed.json --calib calib.jsonl
+        """
+    )
+
+    @Argument(help: "Bundle or source checkpoint.") var source: String
+    @Option(name: .shortAndLong, help: "Output bundle path.") var output: String
+    @Option(help: "4 or 8: selects the built-in recipe mm1-int4 or mm1-int8 (ignored with --recipe).") var bits: Int?
+    @Option(help: "Group size for the rules with --bits bits (e.g. 32, 64, 128).") var groupSize: Int?
+    @Option(help: "rtn, awq, gptq or awq+gptq: replaces the recipe's methods.") var method: String?
+    @Option(help: "A recipe file (recipes/*.json).") var recipe: String?
+    @Option(help: "Calibration inputs: a probe-format JSONL file.") var calib: String?
+    @Option(help: "Use at most N calibration samples (built-in set: 8).") var samples: Int?
+    @Option(help: "Cut each calibration sequence to L rows after image expansion.") var seqLen: Int = 512
+    @Flag(name: .customLong("no-sequential"), help: .hidden) var notSequential = false
+    @Option(help: "Also write the report as JSON to this file.") var report: String?
+    @Flag(name: .shortAndLong, help: "No progress output and no report table.") var quiet = false
+
+    func run() throws {
+        try MM1PackCLI_run {
+            let r: Recipe
+            if let recipe {
+                r = try Recipe(path: recipe)
+            } else {
+                r = try Recipe.builtIn(bits: bits ?? 4)
+            }
+            var o = QuantizeOptions(recipe: r)
+            if let method {
+                guard let m = QuantMethod(rawValue: method) else { throw MM1Error("--method must be rtn, awq, gptq or awq+gptq, not '\(method)'") }
+                o.method = m
+            }
+            if let groupSize {
+                guard groupSize >= 2, groupSize % 2 == 0 else { throw MM1Error("--group-size must be an even number ≥ 2") }
+                o.groupSize = groupSize
+                o.bits = bits ?? 4
+            }
+            guard seqLen >= 1 else { throw MM1Error("--seq-len must be at least 1") }
+            if let samples, samples < 1 { throw MM1Error("--samples must be at least 1") }
+            o.calibrationPath = calib
+            o.samples = samples
+            o.seqLength = seqLen
+            o.sequential = !notSequential
+            o.quiet = quiet
+            o.commandLine = Array(CommandLine.arguments.dropFirst())
+            let rep = try Quantizer.quantize(source: source, output: output, options: o)
+            if let report { try Data(try CanonicalJSON.bytes(rep.json())).write(to: URL(fileURLWithPath: report)) }
+            if !quiet { print(rep.table(), terminator: "") }
+        }
+    }
+}
+
+struct BenchQuantize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "quantize",
+        abstract: "Quantize a bundle once; report wall time, throughput and peak RSS against the fp forward pass over the same calibration inputs and the memory bound.",
+        discussion: """
+        Example:
+          mm1pack synth --preset mm1-3b --layout honeybee -o /tmp/mm1-3b && mm1pack convert /tmp/mm1-3b -o /tmp/mm1-3b.mm1
+          mm1pack bench quantize /tmp/mm1-3b.mm1 --samples 4 --seq-len 256
+        """
+    )
+
+    @Argument(help: "Bundle (.mm1).") var bundle: String
+    @Option(help: "Output bundle (removed afterwards unless --keep).") var output: String = "/tmp/mm1pack-bench-quantize.mm1"
+    @Option(help: "4 or 8 (built-in recipe).") var bits: Int = 4
+    @Option(help: "rtn, awq, gptq or awq+gptq.") var method: String = "awq+gptq"
+    @Option(help: "Calibration probe file (default: the built-in set).") var calib: String?
+    @Option(help: "Calibration samples.") var samples: Int = 4
+    @Option(help: "Rows per calibration sequence.") var seqLen: Int = 256
+    @Flag(help: "Keep the output bundle.") var keep = false
+
+    func run() throws {
+        try MM1PackCLI_run {
+            var o = QuantizeOptions(recipe: try Recipe.builtIn(bits: bits))
+            guard let m = QuantMethod(rawValue: method) else { throw MM1Error("--method must be rtn, awq, gptq or awq+gptq") }
+            o.method = m
+            o.calibrationPath = calib
+            o.samples = samples
+            o.seqLength = seqLen
+            // Unbuffered, so that log lines appear as they happen when redirected to a file.
+            let r = try QuantizeBench.run(bundle: bundle, output: output, options: o) {
+                FileHandle.standardOutput.write(Data(($0 + "\n").utf8))
+            }
+            if !keep { try? FileManager.default.removeItem(atPath: output) }
+            print(QuantizeBench.summary(r))
         }
     }
 }

@@ -101,6 +101,15 @@ final class ScratchPool: @unchecked Sendable {
         return (raw.bindMemory(to: Float.self, capacity: bytes / 4), bytes / 4)
     }
 
+    /// Frees the idle buffers (between phases whose largest tensors differ, so memory follows the current one).
+    func trim() {
+        lock.lock()
+        let drop = idle
+        idle.removeAll()
+        lock.unlock()
+        for d in drop { free(d.p) }
+    }
+
     private func release(_ b: (p: UnsafeMutablePointer<Float>, capacity: Int)) {
         lock.lock()
         idle.append(b)
