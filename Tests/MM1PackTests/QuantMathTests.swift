@@ -257,6 +257,25 @@ final class QuantMathTests: XCTestCase {
         }
     }
 
+    /// GPTQ given the rows X forms H = XᵀX itself: the same result as given H, up to summation order.
+    func testGPTQFromInputsMatchesGPTQFromHessian() throws {
+        let rows = 64, cols = 256, n = 4 * cols
+        let w = randomMatrix(rows, cols, seed: 21)
+        var x = correlatedInput(n: n, cols: cols, seed: 22)
+        for r in 0..<n { x[r * cols + 5] = 0 }  // a dead channel
+        for actOrder in [false, true] {
+            let spec = QuantSpec(bits: 4, groupSize: 32, scheme: .asym)
+            let a = try GPTQ.quantize(weight: w, rows: rows, cols: cols, hessian: hessian(x, n: n, cols: cols), spec: spec, actOrder: actOrder)
+            let b = try GPTQ.quantize(weight: w, rows: rows, cols: cols, inputs: x, inputRows: n, spec: spec, actOrder: actOrder)
+            checkInvariants(b)
+            let same = zip(a.codes, b.codes).filter { $0 == $1 }.count
+            XCTAssertGreaterThan(Double(same) / Double(a.codes.count), 0.99, "actOrder=\(actOrder)")
+            let ea = AWQ.relativeOutputError(x: x, rows: n, cols: cols, w: w, wHat: a.dequantized(), outRows: rows)
+            let eb = AWQ.relativeOutputError(x: x, rows: n, cols: cols, w: w, wHat: b.dequantized(), outRows: rows)
+            XCTAssertEqual(ea, eb, accuracy: ea * 1e-2, "actOrder=\(actOrder)")
+        }
+    }
+
     func testGPTQWithIdentityOrDiagonalHessianEqualsRTN() throws {
         let rows = 16, cols = 128
         let w = randomMatrix(rows, cols, seed: 9)
@@ -318,7 +337,7 @@ final class QuantMathTests: XCTestCase {
         for i in stride(from: n - 1, to: 0, by: -1) { perm.swapAt(i, rng.int(i + 1)) }
         let dead = (0..<n).map { $0 == 7 }
         var u = [Float](repeating: 0, count: n * n)
-        XCTAssertTrue(try GPTQ.factor(&u, hessian: h, cols: n, perm: perm, dead: dead, lambda: lambda))
+        XCTAssertTrue(try GPTQ.factor(&u, source: .matrix(h), cols: n, perm: perm, dead: dead, lambda: lambda))
         var a = [Double](repeating: 0, count: n * n)
         for i in 0..<n {
             for j in 0..<n { a[i * n + j] = dead[perm[i]] || dead[perm[j]] ? 0 : Double(h[perm[i] * n + perm[j]]) }

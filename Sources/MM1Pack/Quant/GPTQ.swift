@@ -37,6 +37,21 @@ public enum GPTQ {
                 actOrder: actOrder, keepWHat: false).tensor
     }
 
+    /// GPTQ from the calibration rows themselves, `inputs` = X [inputRows, cols]: H = XᵀX is formed directly in the
+    /// factor's buffer (and formed again on a damping retry), so only one cols × cols matrix exists at a time —
+    /// for an 8192-wide input that is 256 MB less than passing H.
+    public static func quantize(weight: [Float], rows: Int, cols: Int, inputs: [Float], inputRows: Int, spec: QuantSpec,
+                                damp: Float = 0.01, blockSize: Int = 128, actOrder: Bool) throws -> QuantizedTensor {
+        try run(weight: weight, rows: rows, cols: cols, source: .inputs(inputs, rows: inputRows), spec: spec, damp: damp,
+                blockSize: blockSize, actOrder: actOrder, keepWHat: false).tensor
+    }
+
+    /// Where H comes from: the matrix, or the rows X it is the Gram matrix of.
+    enum HessianSource {
+        case matrix([Float])
+        case inputs([Float], rows: Int)
+    }
+
     struct Result {
         var tensor: QuantizedTensor
         /// The dequantized weight the error compensation worked with, original column order (empty unless asked).
@@ -49,16 +64,31 @@ public enum GPTQ {
 
     static func run(weight: [Float], rows: Int, cols: Int, hessian: consuming [Float], spec: QuantSpec, damp: Float,
                     blockSize: Int, actOrder: Bool, keepWHat: Bool) throws -> Result {
+        try run(weight: weight, rows: rows, cols: cols, source: .matrix(consume hessian), spec: spec, damp: damp,
+                blockSize: blockSize, actOrder: actOrder, keepWHat: keepWHat)
+    }
+
+    static func run(weight: [Float], rows: Int, cols: Int, source: consuming HessianSource, spec: QuantSpec, damp: Float,
+                    blockSize: Int, actOrder: Bool, keepWHat: Bool) throws -> Result {
         try GroupQuantizer.checkWeight(weight, rows: rows, cols: cols, spec: spec)
-        guard hessian.count == cols * cols else {
-            throw MM1Error("Hessian has \(hessian.count) values, expected \(cols) × \(cols)")
-        }
         guard blockSize >= 1 else { throw MM1Error("GPTQ block size must be ≥ 1, not \(blockSize)") }
         guard damp >= 0, damp.isFinite else { throw MM1Error("GPTQ damping must be finite and ≥ 0, not \(damp)") }
         guard cols <= Int(Int32.max) / max(1, cols) else { throw MM1Error("GPTQ: \(cols) columns is too many") }
-        try GroupQuantizer.checkFinite(hessian, what: "Hessian", cols: cols)
-
-        var diag = (0..<cols).map { hessian[$0 * cols + $0] }
+        var diag: [Float]
+        switch source {
+        case .matrix(let hessian):
+            guard hessian.count == cols * cols else {
+                throw MM1Error("Hessian has \(hessian.count) values, expected \(cols) × \(cols)")
+            }
+            try GroupQuantizer.checkFinite(hessian, what: "Hessian", cols: cols)
+            diag = (0..<cols).map { hessian[$0 * cols + $0] }
+        case .inputs(let x, let n):
+            guard n >= 0, x.count == n * cols else { throw MM1Error("GPTQ inputs have \(x.count) values, expected \(n) × \(cols)") }
+            try GroupQuantizer.checkFinite(x, what: "GPTQ inputs", cols: cols)
+            var d = [Double](repeating: 0, count: cols)
+            for r in 0..<n { for c in 0..<cols { let v = Double(x[r * cols + c]); d[c] += v * v } }
+            diag = d.map { Float($0) }
+        }
         if let i = diag.firstIndex(where: { $0 < 0 }) {
             throw MM1Error("Hessian diagonal [\(i)] is \(diag[i]) < 0: not a sum of squares XᵀX")
         }
@@ -77,7 +107,7 @@ public enum GPTQ {
             return base * Float(pow(10, Double(k)))
         }
         for d in attempts {
-            if try factor(&u, hessian: hessian, cols: cols, perm: perm, dead: dead, lambda: d * meanDiag) {
+            if try factor(&u, source: source, cols: cols, perm: perm, dead: dead, lambda: d * meanDiag) {
                 used = d
                 break
             }
@@ -87,7 +117,7 @@ public enum GPTQ {
                            + " (tried \(attempts.map { "\($0)" }.joined(separator: ", ")))")
         }
         // H is not needed once factored; when the caller handed it over (consuming), this frees cols² floats.
-        hessian = []
+        source = .inputs([], rows: 0)
 
         // The weight in processing order, dead columns zeroed. Columns are replaced by their dequantized values as
         // they are quantized, so at the end this is Ŵ.
@@ -256,7 +286,53 @@ public enum GPTQ {
     /// column-major (j, i), j ≤ i. strtri('U') replaces it with Ũ⁻¹ = (L⁻¹)ᵀ. Row-major U[a][b] = L⁻¹[n−1−a][n−1−b]
     /// then sits at flat index n² − 1 − (a·n + b), so reversing the flat buffer yields U. The lower triangle keeps
     /// stale values and is never read.
-    static func factor(_ u: inout [Float], hessian: [Float], cols n: Int, perm: [Int], dead: [Bool], lambda: Float) throws -> Bool {
+    static func factor(_ u: inout [Float], source: HessianSource, cols n: Int, perm: [Int], dead: [Bool], lambda: Float) throws -> Bool {
+        switch source {
+        case .matrix(let hessian): gather(&u, hessian: hessian, cols: n, perm: perm, dead: dead, lambda: lambda)
+        case .inputs(let x, let rows): gram(&u, inputs: x, rows: rows, cols: n, perm: perm, dead: dead, lambda: lambda)
+        }
+        return try factorInPlace(&u, cols: n)
+    }
+
+    /// B = J P (XᵀX + λI) Pᵀ J formed from the rows: the columns of X are reordered once (n × cols), then one ssyrk.
+    static func gram(_ u: inout [Float], inputs x: [Float], rows m: Int, cols n: Int, perm: [Int], dead: [Bool], lambda: Float) {
+        var xr = [Float](repeating: 0, count: max(1, m * n))
+        for r in 0..<m {
+            for j in 0..<n { xr[r * n + j] = x[r * n + perm[n - 1 - j]] }
+        }
+        u.withUnsafeMutableBufferPointer { ub in
+            xr.withUnsafeBufferPointer { xb in
+                let d = ub.baseAddress!
+                if m > 0 {
+                    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(n), Int32(m), 1, xb.baseAddress!, Int32(n), 0, d, Int32(n))
+                } else {
+                    d.update(repeating: 0, count: n * n)
+                }
+                // ssyrk filled the upper triangle: mirror it (writes only below the diagonal, reads only above),
+                // then, in a second pass that touches only its own row, zero dead channels and add λ.
+                MM1Parallel.chunks(n, minPerChunk: max(1, 65536 / n)) { i0, i1 in
+                    for i in i0..<i1 {
+                        let row = d + i * n
+                        for j in 0..<i { row[j] = d[j * n + i] }
+                    }
+                }
+                MM1Parallel.chunks(n, minPerChunk: max(1, 65536 / n)) { i0, i1 in
+                    for i in i0..<i1 {
+                        let row = d + i * n
+                        if dead[perm[n - 1 - i]] {
+                            for j in 0..<n { row[j] = 0 }
+                            row[i] = 1 + lambda
+                        } else {
+                            for j in 0..<n where dead[perm[n - 1 - j]] { row[j] = 0 }
+                            row[i] += lambda
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    static func gather(_ u: inout [Float], hessian: [Float], cols n: Int, perm: [Int], dead: [Bool], lambda: Float) {
         hessian.withUnsafeBufferPointer { hb in
             u.withUnsafeMutableBufferPointer { ub in
                 let h = hb.baseAddress!, d = ub.baseAddress!
@@ -279,6 +355,10 @@ public enum GPTQ {
                 }
             }
         }
+    }
+
+    /// Cholesky-factors and inverts the prepared B in place (see `factor`); false when B is not positive definite.
+    static func factorInPlace(_ u: inout [Float], cols n: Int) throws -> Bool {
         var info: Int32 = 0
         var n32 = Int32(n)
         var upper: CChar = 0x55, nonUnit: CChar = 0x4E  // "U", "N"

@@ -168,8 +168,7 @@ extension Quantizer {
                         if ex != nil { fallbacks.append(e) }
                         q = try RTN.quantize(weight: w, rows: site.out, cols: site.inDim, spec: spec, clipSearch: recipe.clipSearch)
                     } else if method.usesGPTQ {
-                        q = try GPTQ.quantize(weight: w, rows: site.out, cols: site.inDim,
-                                              hessian: Quantizer.hessian(xs!, rows: n, cols: site.inDim), spec: spec,
+                        q = try GPTQ.quantize(weight: w, rows: site.out, cols: site.inDim, inputs: xs!, inputRows: n, spec: spec,
                                               damp: recipe.gptqDamp, blockSize: recipe.gptqBlockSize, actOrder: recipe.gptqActOrder)
                     } else {
                         q = try Quantizer.roundWithClipping(w, rows: site.out, cols: site.inDim, spec: spec, search: recipe.clipSearch,
@@ -365,18 +364,6 @@ extension Quantizer {
         guard let s = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
         let f = s.split(separator: " ")
         return f.count > 1 ? (Int(f[1]) ?? 0) * Widen.pageSize : 0
-    }
-
-    /// H = XᵀX ([cols, cols]) for GPTQ.
-    static func hessian(_ x: [Float], rows n: Int, cols k: Int) -> [Float] {
-        var h = [Float](repeating: 0, count: k * k)
-        x.withUnsafeBufferPointer { xp in
-            h.withUnsafeMutableBufferPointer { hp in
-                cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(k), Int32(n), 1, xp.baseAddress!, Int32(k), 0, hp.baseAddress!, Int32(k))
-            }
-        }
-        for i in 0..<k { for j in 0..<i { h[i * k + j] = h[j * k + i] } }
-        return h
     }
 
     /// Mean of x² per column: the channel importance RTN's clipping search weighs errors by.
