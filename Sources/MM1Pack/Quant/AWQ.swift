@@ -101,24 +101,13 @@ public enum AWQ {
     /// Q's values divided column-wise by s: the weight the runtime effectively applies to x once x is divided by s.
     /// The per-group parameters are read once per group rather than once per element as in `value(row:col:)`.
     static func dequantized(_ q: QuantizedTensor, dividingBy s: [Float]) -> [Float] {
-        let rows = q.rows, cols = q.cols, gs = q.spec.groupSize, groups = q.groupsPerRow, bits = q.spec.bits
-        let implicitZero: Float = bits == 8 ? 0 : 8
-        var out = [Float](repeating: 0, count: rows * cols)
-        q.codes.withUnsafeBufferPointer { cb in
+        var out = q.dequantized()
+        let cols = q.cols
+        out.withUnsafeMutableBufferPointer { ob in
             s.withUnsafeBufferPointer { sb in
-                out.withUnsafeMutableBufferPointer { ob in
-                    let cp = cb.baseAddress!, sp = sb.baseAddress!, op = ob.baseAddress!
-                    MM1Parallel.chunks(rows, minPerChunk: max(1, 65536 / cols)) { r0, r1 in
-                        for r in r0..<r1 {
-                            for g in 0..<groups {
-                                let p = GroupParams(scale: q.scales[r * groups + g], zero: q.zeros?[r * groups + g] ?? implicitZero)
-                                for c in (g * gs)..<((g + 1) * gs) {
-                                    let i = r * cols + c
-                                    op[i] = GroupQuantizer.dequant(GroupQuantizer.levelOf(code: cp[i], bits: bits), p) / sp[c]
-                                }
-                            }
-                        }
-                    }
+                let op = ob.baseAddress!, sp = sb.baseAddress!
+                MM1Parallel.chunks(q.rows, minPerChunk: max(1, 65536 / max(1, cols))) { r0, r1 in
+                    for r in r0..<r1 { for c in 0..<cols { op[r * cols + c] /= sp[c] } }
                 }
             }
         }

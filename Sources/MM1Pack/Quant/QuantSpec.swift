@@ -102,7 +102,7 @@ public struct QuantizedTensor: Sendable, Equatable {
     /// All values as f32, [rows, cols] row-major.
     public func dequantized() -> [Float] {
         var out = [Float](repeating: 0, count: rows * cols)
-        for r in 0..<rows { for c in 0..<cols { out[r * cols + c] = value(row: r, col: c) } }
+        out.withUnsafeMutableBufferPointer { dequantize(rows: 0..<rows, into: $0.baseAddress!) }
         return out
     }
 }

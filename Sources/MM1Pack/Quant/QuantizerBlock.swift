@@ -87,7 +87,7 @@ extension Quantizer {
             for a in g.alsoScale {
                 try load(a)
                 let shape = try weights.shape(a)
-                scaleColumns(&work[a]!, Site(name: a, out: shape[0], inDim: shape[1], experts: 1, point: { _ in .named(a) }, isLookup: false), nil, by: s)
+                work[a] = AWQ.scaleColumns(work[a]!, rows: shape[0], cols: shape[1], by: s)
             }
             switch g.fold {
             case .none: break
@@ -143,7 +143,7 @@ extension Quantizer {
                 let ex: Int? = site.experts > 1 ? e : nil
                 // The weight as the folded model has it: columns × its input scales, rows ÷ the scales folded in.
                 var w = try sliceOf(name, ex)
-                if let sc = inScale[key(name, ex)] { scaleColumns(&w, site, nil, by: sc) }
+                if let sc = inScale[key(name, ex)] { w = AWQ.scaleColumns(w, rows: site.out, cols: site.inDim, by: sc) }
                 if let mul = rowMul[key(name, ex)] {
                     for r in 0..<site.out where mul[r] != 1 {
                         let inv = 1 / mul[r]
@@ -237,16 +237,6 @@ extension Quantizer {
     }
 
     func key(_ n: String, _ e: Int?) -> String { e.map { "\(n)#\($0)" } ?? n }
-
-    func scaleColumns(_ w: inout [Float], _ s: Site, _ e: Int?, by scale: [Float]) {
-        let base = (e ?? 0) * s.out * s.inDim
-        w.withUnsafeMutableBufferPointer { p in
-            for r in 0..<s.out {
-                let row = p.baseAddress! + base + r * s.inDim
-                for c in 0..<s.inDim { row[c] *= scale[c] }
-            }
-        }
-    }
 
     /// Up to `limit` rows of x, evenly strided, for error measures and the AWQ search.
     static func sampleRows(_ x: [Float], rows n: Int, cols: Int, limit: Int = reportRows) -> (x: [Float], rows: Int) {
