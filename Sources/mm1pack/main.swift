@@ -22,6 +22,14 @@ func MM1PackCLI_run(_ body: () throws -> Void) throws {
     }
 }
 
+/// `--source-digests KIND`; `--no-source-digests`, its former spelling, still means none.
+func sourceDigestKind(_ name: String, no: Bool) throws -> SourceDigestKind {
+    guard let kind = SourceDigestKind(rawValue: name) else {
+        throw MM1Error("--source-digests must be one of \(SourceDigestKind.allCases.map(\.rawValue).joined(separator: ", ")) (got '\(name)')")
+    }
+    return no ? .none : kind
+}
+
 struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Convert a training checkpoint into a bundle.",
@@ -42,14 +50,15 @@ struct Convert: ParsableCommand {
     @Option(help: "Source layout: axlearn, honeybee, llava, openclip (default: detected).") var layout: String?
     @Option(help: "A layout mapping file to use instead of the built-in one.") var mapping: String?
     @Flag(help: "Record source tensors that no rule maps in the bundle's metadata instead of failing.") var allowUnused = false
-    @Flag(inversion: .prefixedNo, help: "Record each source file's SHA-256 in the provenance (one extra hashing pass over the source).") var sourceDigests = true
+    @Option(help: "Source-file digests in the provenance (formats/bundle.md §4.1): segments (a safetensors file's SHA-256 over the SHA-256s of its header and tensors, reusing the bundle's tensor digests, so nearly free), full (SHA-256 of each whole file, as model hubs list it; one more hashing pass over the source) or none.") var sourceDigests: String = "segments"
+    @Flag(name: .customLong("no-source-digests"), help: .hidden) var noSourceDigests = false
     @Flag(help: "AXLearn: read zarr chunks that are absent on disk as zeros (TensorStore skips writing all-zero chunks) instead of failing.") var missingChunksAsZeros = false
     @Flag(name: .shortAndLong, help: "No progress output.") var quiet = false
 
     func run() throws {
         try MM1PackCLI_run {
             var o = ConvertOptions()
-            o.sourceDigests = sourceDigests
+            o.sourceDigestKind = try sourceDigestKind(sourceDigests, no: noSourceDigests)
             o.missingChunksAsZeros = missingChunksAsZeros
             guard let dt = ConvertOptions.TargetDType(rawValue: dtype) else {
                 throw MM1Error("--dtype must be one of auto, f32, f16, bf16 (got '\(dtype)')")
@@ -160,12 +169,13 @@ struct BenchConvert: ParsableCommand {
     @Option(help: "Repetitions (medians are reported).") var runs: Int = 3
     @Option(help: "Scratch directory on the same file system as the output you care about.") var workDir: String = "/tmp/mm1pack-bench"
     @Option(help: "Tensor dtype in the bundle (auto, f32, f16, bf16).") var dtype: String = "auto"
-    @Flag(inversion: .prefixedNo, help: "Hash the source files for the provenance, as convert does by default.") var sourceDigests = true
+    @Option(help: "Source-file digests, as for convert: segments, full or none.") var sourceDigests: String = "segments"
+    @Flag(name: .customLong("no-source-digests"), help: .hidden) var noSourceDigests = false
 
     func run() throws {
         try MM1PackCLI_run {
             var o = ConvertOptions()
-            o.sourceDigests = sourceDigests
+            o.sourceDigestKind = try sourceDigestKind(sourceDigests, no: noSourceDigests)
             guard let dt = ConvertOptions.TargetDType(rawValue: dtype) else { throw MM1Error("bad --dtype '\(dtype)'") }
             o.dtype = dt
             o.showProgress = false

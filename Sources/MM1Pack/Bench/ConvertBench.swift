@@ -16,6 +16,9 @@ public enum ConvertBench {
         public var sourceBytes: Int
         public var bundleBytes: Int
         public var peakRSSBytes: Int
+        public var sourceDigests: SourceDigestKind
+        /// Source bytes the source-file digests hashed beyond what the bundle's tensor digests cover (last run).
+        public var sourceBytesHashed: Int
 
         public static func median(_ xs: [Double]) -> Double {
             let s = xs.sorted()
@@ -29,12 +32,12 @@ public enum ConvertBench {
         public var summary: String {
             let gb = Double(sourceBytes) / 1e9
             return String(format: """
-            source %.2f GB, bundle %.2f GB, %d runs (medians)
+            source %.2f GB, bundle %.2f GB, %d runs (medians), source digests: \(sourceDigests.rawValue) (%.2f GB hashed again)
               convert      %7.2f s  %6.0f MB/s
               cp           %7.2f s  %6.0f MB/s   convert / cp         = %.2fx
               cp + fsync   %7.2f s  %6.0f MB/s   convert / (cp+fsync) = %.2fx
               peak RSS of the converting process: %.0f MB
-            """, gb, Double(bundleBytes) / 1e9, runs.count,
+            """, gb, Double(bundleBytes) / 1e9, runs.count, Double(sourceBytesHashed) / 1e9,
                           medianConvert, gb * 1e3 / medianConvert,
                           medianCp, gb * 1e3 / medianCp, medianConvert / medianCp,
                           medianCpSync, gb * 1e3 / medianCpSync, medianConvert / medianCpSync,
@@ -51,6 +54,7 @@ public enum ConvertBench {
         let copy = workDir + "/bench-cp"
         var results: [Run] = []
         var bundleBytes = 0
+        var hashed = 0
         for i in 1...max(1, runs) {
             try? FileManager.default.removeItem(atPath: copy)
             try? FileManager.default.removeItem(atPath: out)
@@ -66,14 +70,15 @@ public enum ConvertBench {
             let report = try Converter.convert(source: source, output: out, options: options)
             let tConvert = Date().timeIntervalSince(t1)
             bundleBytes = fileSize(out)
-            _ = report
+            hashed = report.sourceBytesHashed
             results.append(Run(convert: tConvert, cp: tCp, cpSync: tCpSync))
             log(String(format: "run %d: convert %.2f s, cp %.2f s, cp+fsync %.2f s", i, tConvert, tCp, tCpSync))
         }
         try? FileManager.default.removeItem(atPath: out)
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
-        return Result(runs: results, sourceBytes: bytes, bundleBytes: bundleBytes, peakRSSBytes: Int(usage.ru_maxrss) * 1024)
+        return Result(runs: results, sourceBytes: bytes, bundleBytes: bundleBytes, peakRSSBytes: Int(usage.ru_maxrss) * 1024,
+                      sourceDigests: options.sourceDigestKind, sourceBytesHashed: hashed)
     }
 
     static func fileSize(_ p: String) -> Int {

@@ -246,6 +246,16 @@ public final class BundleWriter {
         digests.append(hex(hasher.finalize()))
     }
 
+    /// Every tensor's SHA-256 (hex), in table order, once all tensors are written (this completes the last one).
+    /// Available before `finish`, so that digests derived from them can go into the header.
+    public func tensorDigests() throws -> [String] {
+        try endTensorIfNeeded()
+        guard digests.count == entries.count else {
+            throw MM1Error(file: finalPath, "only \(digests.count) of \(entries.count) tensors were written")
+        }
+        return digests
+    }
+
     /// Replaces the provenance (e.g. once source digests are known); it must encode to the same length.
     public func setProvenance(_ provenance: [String: Any]) throws {
         headerBase["provenance"] = provenance

@@ -14,9 +14,13 @@ public struct ConvertOptions: Sendable {
     public var mappingFile: String?
     /// Record unmatched source tensors in the metadata instead of failing.
     public var allowUnused = false
-    /// Record the SHA-256 of every source file in the provenance. Costs one more hashing pass over the source
-    /// (on the second core, overlapping the conversion).
-    public var sourceDigests = true
+    /// The digest of each source file recorded in the provenance.
+    public var sourceDigestKind: SourceDigestKind = .segments
+    /// Whether any source digest is recorded; setting true picks the default kind.
+    public var sourceDigests: Bool {
+        get { sourceDigestKind != .none }
+        set { sourceDigestKind = newValue ? .segments : .none }
+    }
     /// AXLearn: read zarr chunks absent on disk (with a null fill value) as zeros, as TensorStore does, instead of
     /// failing. TensorStore skips writing chunks equal to the fill value, so all-zero parameters can have none.
     public var missingChunksAsZeros = false
@@ -32,6 +36,8 @@ public struct ConvertReport: Sendable {
     public var ignored: [String: String]
     public var unused: [String]
     public var seconds: Double
+    /// Source bytes hashed for the provenance's source-file digests beyond those the bundle's tensor digests cover.
+    public var sourceBytesHashed: Int
 }
 
 /// An opened checkpoint with everything needed to convert it.
@@ -205,19 +211,25 @@ public enum Converter {
         let (plan, order, mapping) = try plan(opened, options: options)
         let src = opened.source
 
-        // Source digests are computed on the other core while the tensors stream.
-        let digests = FileDigests(root: src.root, files: src.files, hash: options.sourceDigests)
-        digests.start()
-
         var entries: [BundleWriter.TensorEntry] = []
         var dtypes: [DType] = []
-        for e in order {
+        // Bundle tensors that hold one source tensor's bytes unchanged, by index, to reuse their digests.
+        var unchanged: [String: Int] = [:]
+        for (i, e) in order.enumerated() {
             let p = plan.tensors[e.name]!
             let srcType = src.tensors[p.parts[0].source]!.dtype
             let dt: DType = options.dtype == .auto ? srcType : DType(rawValue: options.dtype.rawValue)!
             dtypes.append(dt)
             entries.append(.init(name: e.name, dtype: dt.rawValue, shape: e.shape, length: e.shape.reduce(1, *) * dt.byteSize))
+            if let s = unchangedSource(p, dtype: dt, source: src), unchanged[s] == nil { unchanged[s] = i }
         }
+
+        // Source digests are computed on the other core while the tensors stream.
+        let digests = try FileDigests(source: src, kind: options.sourceDigestKind, unchanged: Set(unchanged.keys))
+        digests.start()
+        var finished = false
+        defer { if !finished { digests.cancel() } }
+
         var sections: [BundleWriter.Section] = []
         for name in sectionFiles {
             let p = opened.configDir + "/" + name
@@ -234,7 +246,7 @@ public enum Converter {
         var provenance: [String: Any] = [
             "tool": "mm1pack", "tool_version": toolVersion, "source_layout": opened.layout,
             "options": ["dtype": options.dtype.rawValue, "layout": options.layout ?? opened.layout,
-                        "allow_unused": options.allowUnused, "source_digests": options.sourceDigests, "missing_chunks_as_zeros": options.missingChunksAsZeros,
+                        "allow_unused": options.allowUnused, "source_digests": options.sourceDigestKind.rawValue, "missing_chunks_as_zeros": options.missingChunksAsZeros,
                         "mapping": options.mappingFile.map { ($0 as NSString).lastPathComponent } ?? "builtin:\(opened.layout)",
                         "mapping_sha256": mapping.digest] as [String: Any],
         ]
@@ -242,7 +254,6 @@ public enum Converter {
 
         let writer = try BundleWriter(path: output, tensors: entries, sections: sections, config: opened.config,
                                       provenance: provenance, metadata: metadata)
-        var finished = false
         defer { if !finished { writer.abort() } }
         let totalBytes = entries.reduce(0) { $0 + $1.length }
         let progress = Progress(label: "convert", totalItems: entries.count, totalBytes: totalBytes, enabled: options.showProgress)
@@ -262,13 +273,23 @@ public enum Converter {
         }
         progress.done()
         // The header's provenance needs the source digests; wait for them, then write the header.
-        let files = try digests.wait()
-        provenance["source_files"] = files
+        let tensorDigests = try writer.tensorDigests()
+        provenance["source_files"] = try digests.finish(unchangedDigests: unchanged.mapValues { tensorDigests[$0] })
         try writer.setProvenance(provenance)
         try writer.finish()
         finished = true
         return ConvertReport(layout: opened.layout, tensors: entries.count, bytes: totalBytes, ignored: plan.ignored,
-                             unused: plan.unmatched, seconds: Date().timeIntervalSince(t0))
+                             unused: plan.unmatched, seconds: Date().timeIntervalSince(t0), sourceBytesHashed: digests.bytesHashed)
+    }
+
+    /// The source tensor whose stored bytes, in order, are exactly the bundle tensor's (one part, same dtype, a
+    /// view that walks the whole tensor contiguously), so that the bundle's digest of it is the source bytes'.
+    static func unchangedSource(_ p: PlannedTensor, dtype: DType, source: TensorSource) -> String? {
+        guard p.parts.count == 1, let info = source.tensors[p.parts[0].source], info.dtype == dtype,
+              p.parts[0].view.elementCount == info.elementCount else { return nil }
+        let (base, loops) = p.parts[0].view.loops(boxOrigin: Array(repeating: 0, count: info.shape.count), boxShape: info.shape)
+        guard base == 0, loops.count <= 1, (loops.first?.stride ?? 1) == 1 else { return nil }
+        return info.name
     }
 
     /// Reusable buffers, so streaming allocates once.
@@ -368,77 +389,5 @@ extension Converter {
         let why = value.isNaN ? "NaN" : (dtype != info.dtype ? "\(value) (a value too large for \(dtype.rawValue), or ±Inf in the source)" : "\(value)")
         throw MM1Error(file: info.file, tensor: info.name,
                        "element \(bad) of rows \(rows.lowerBound)..<\(rows.upperBound) (canonical '\(name)') is \(why); a bundle never stores NaN or Inf")
-    }
-}
-
-/// SHA-256 of each source file, computed on a background thread while conversion runs.
-final class FileDigests: @unchecked Sendable {
-    let root: String
-    let files: [String]
-    private var result: Result<[[String: Any]], MM1Error>?
-    private let done = DispatchSemaphore(value: 0)
-
-    let hash: Bool
-
-    init(root: String, files: [String], hash: Bool) {
-        self.root = root
-        self.files = files.sorted()
-        self.hash = hash
-    }
-
-    /// The entries with sizes from the directory and a zero digest of the final width, so the header's length is
-    /// known before the digests are.
-    func placeholder() -> [[String: Any]] {
-        files.map { f -> [String: Any] in
-            var e: [String: Any] = ["path": f, "size": FileDigests.size(root + "/" + f)]
-            if hash { e["sha256"] = String(repeating: "0", count: 64) }
-            return e
-        }
-    }
-
-    static func size(_ path: String) -> Int {
-        var st = stat()
-        return stat(path, &st) == 0 ? Int(st.st_size) : -1
-    }
-
-    func start() {
-        guard hash else {
-            result = .success(placeholder())
-            done.signal()
-            return
-        }
-        let t = Thread { [self] in
-            result = Result { try compute() }.mapError { ($0 as? MM1Error) ?? MM1Error("\($0)") }
-            done.signal()
-        }
-        t.stackSize = 1 << 20
-        t.start()
-    }
-
-    func wait() throws -> [[String: Any]] {
-        done.wait()
-        return try result!.get()
-    }
-
-    private func compute() throws -> [[String: Any]] {
-        var out: [[String: Any]] = []
-        let step = 64 << 20
-        for f in files {
-            let path = root + "/" + f
-            // Hash through a memory map (no copy into a buffer), dropping each piece's pages once hashed so the
-            // process stays small however large the file.
-            let m = try MappedFile(path: path)
-            var h = SHA256()
-            var pos = 0
-            while pos < m.size {
-                let n = min(step, m.size - pos)
-                h.update(bufferPointer: m.slice(offset: pos, length: n))
-                m.dropPages(offset: pos, length: n)
-                pos += n
-            }
-            guard m.size == FileDigests.size(path) else { throw MM1Error(file: path, "changed while it was being converted") }
-            out.append(["path": f, "size": m.size, "sha256": hex(h.finalize())])
-        }
-        return out
     }
 }
