@@ -149,9 +149,10 @@ final class FileDigests: @unchecked Sendable {
     }
 
     /// Hashes through the memory map (no copy into a buffer), dropping each piece's pages once hashed so the
-    /// process stays small however large the file.
+    /// process stays small however large the file. Pieces are small because a piece stays resident until it is
+    /// dropped: 64 MB pieces raised the peak RSS of a `full` conversion by 60–70 MB, 8 MB ones cost no time.
     private func hash(_ m: MappedFile, _ offset: Int, _ length: Int) throws -> String {
-        let step = 64 << 20
+        let step = 8 << 20
         var h = SHA256()
         var pos = offset
         while pos < offset + length {
