@@ -29,12 +29,7 @@ public enum QuantizeBench {
     public static func run(bundle: String, output: String, options: QuantizeOptions, log: (String) -> Void) throws -> Result {
         let weights = try ModelWeights(path: bundle)
         let model = try MultimodalModel(weights: weights)
-        let calibration: CalibrationSet
-        if let c = options.calibrationPath {
-            calibration = try CalibrationSet.load(c, limit: options.samples, model: model)
-        } else {
-            calibration = try CalibrationSet.builtIn(model: model, count: options.samples ?? 8)
-        }
+        let calibration = try CalibrationSet(options: options, model: model)
         // Baseline: the fp model over the same inputs, one forward pass each (sequences cut as the quantizer cuts them).
         let t0 = Date()
         for s in calibration.samples {

@@ -122,3 +122,15 @@ public struct CalibrationSet: Sendable {
     }
 }
 
+// In an extension, so that the memberwise initializer stays available.
+extension CalibrationSet {
+    /// The set a quantize run uses: `--calib` (its first `--samples` lines) or the built-in set (`--samples`, 8).
+    public init(options: QuantizeOptions, model: MultimodalModel) throws {
+        if let c = options.calibrationPath {
+            self = try CalibrationSet.load(c, limit: options.samples, model: model)
+        } else {
+            self = try CalibrationSet.builtIn(model: model, count: options.samples ?? 8)
+        }
+        guard !samples.isEmpty else { throw MM1Error(file: options.calibrationPath, "no calibration samples") }
+    }
+}

@@ -158,13 +158,6 @@ extension Quantizer {
         }
         let weights = try ModelWeights(path: bundlePath)
         let q = try Quantizer(weights: weights, options: options)
-        let calibration: CalibrationSet
-        if let c = options.calibrationPath {
-            calibration = try CalibrationSet.load(c, limit: options.samples, model: q.model)
-        } else {
-            calibration = try CalibrationSet.builtIn(model: q.model, count: options.samples ?? 8)
-        }
-        guard !calibration.samples.isEmpty else { throw MM1Error(file: options.calibrationPath, "no calibration samples") }
-        return try q.run(output: output, calibration: calibration)
+        return try q.run(output: output, calibration: CalibrationSet(options: options, model: q.model))
     }
 }
