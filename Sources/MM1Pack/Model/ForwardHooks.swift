@@ -13,7 +13,10 @@ public enum HookPoint: Hashable, Sendable, CustomStringConvertible {
     case linearInput(String)
     /// The rows routed to one expert of a stacked MoE weight (`llm.layers.1.moe.gate.weight`, expert 2), [n, in].
     case expertLinearInput(String, expert: Int)
-    /// Anything else (vision encoder, connector, …), named by the code that reports it.
+    /// Anything else, named by the code that reports it: `vit.embeddings`, `vit.blocks.N.output`, `vit.features`
+    /// (once per image piece), `conn.output` (an image's token embeddings, [Q, D]), `llm.layers.N.output` (the
+    /// residual stream after layer N), `llm.layers.N.moe.experts` (each token's chosen experts in rank order, as
+    /// floats, [T, k]).
     case named(String)
 
     public var description: String {

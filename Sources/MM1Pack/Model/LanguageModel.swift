@@ -260,6 +260,7 @@ public final class LanguageModel: @unchecked Sendable {
         for i in 0..<c.numLayers {
             hooks.report(.llmLayerInput(i), x, [t, d])
             try layer(i, &x, count: t, rope: rope, hooks: hooks)
+            hooks.report(.named("llm.layers.\(i).output"), x, [t, d])
         }
         let normed = Norm.rmsNorm(x, rows: t, d: d, weight: try widen("llm.norm.weight"), eps: c.rmsNormEps)
         x = []
@@ -373,6 +374,8 @@ public final class LanguageModel: @unchecked Sendable {
         let b = LanguageModel.layerPrefix(i) + "moe."
         let logits = try linear(b + "router.weight", h, rows: t, out: nx, in: d, hooks: hooks)
         let routes = LanguageModel.route(logits: logits, count: t, experts: nx, topK: moe.topK, renormalize: moe.renormalize)
+        // The chosen experts of each token, in rank order, as floats (exact for any realistic expert count).
+        hooks.report(.named(b + "experts"), routes.flatMap { $0.experts.map(Float.init) }, [t, moe.topK])
         var tokens = [[Int]](repeating: [], count: nx)
         var gates = [[Float]](repeating: [], count: nx)
         for (r, route) in routes.enumerated() {

@@ -65,6 +65,7 @@ public final class MultimodalModel {
         guard let connector else { throw MM1Error(file: weights.bundle.path, "this model has no connector") }
         let f = try visionFeatures(pixels: pixels, size: size, hooks: hooks)
         let out = try connector.forward(features: f.data, tokens: f.rows)
+        hooks.report(.named("conn.output"), out, [out.count / connector.outputSize, connector.outputSize])
         return (out, out.count / connector.outputSize)
     }
 

@@ -181,11 +181,22 @@ public enum NPY {
 
     /// Writes `<f4` C-order data. `data.count` must equal the product of `shape`.
     public static func write(_ path: String, shape: [Int], data: [Float]) throws {
+        let bytes = try encode(shape: shape, data, name: path)
+        do { try Data(bytes).write(to: URL(fileURLWithPath: path)) } catch {
+            throw MM1Error(file: path, "cannot be written: \(error.localizedDescription)")
+        }
+    }
+
+    /// Element types `encode` writes.
+    public protocol Storable { static var descr: String { get } }
+
+    /// A whole `.npy` file in memory (version 1, or 2 when the header would not fit), C order, little-endian.
+    public static func encode<T: Storable & BitwiseCopyable>(shape: [Int], _ data: [T], name: String = "<memory>") throws -> [UInt8] {
         guard shape.reduce(1, *) == data.count else {
-            throw MM1Error(file: path, "npy write: shape \(shape) does not hold \(data.count) values")
+            throw MM1Error(file: name, "npy write: shape \(shape) does not hold \(data.count) values")
         }
         let dims = shape.map(String.init).joined(separator: ", ") + (shape.count == 1 ? "," : "")
-        var dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (\(dims)), }"
+        var dict = "{'descr': '\(T.descr)', 'fortran_order': False, 'shape': (\(dims)), }"
         // Pad so that the data starts on a 64-byte boundary; the header ends with a newline.
         var prefix = 10
         if prefix + dict.utf8.count + 1 > 65535 + 10 { prefix = 12 }
@@ -199,16 +210,50 @@ public enum NPY {
             bytes += [2, 0, UInt8(hl & 0xFF), UInt8((hl >> 8) & 0xFF), UInt8((hl >> 16) & 0xFF), UInt8(hl >> 24)]
         }
         bytes += Array(dict.utf8)
-        var out = Data(bytes)
-        data.withUnsafeBufferPointer { p in
-            #if _endian(big)
-            for v in p { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
-            #else
-            out.append(UnsafeBufferPointer(start: p.baseAddress, count: p.count))
-            #endif
+        #if _endian(big)
+        #error("NPY.encode writes the host's byte order, which must be little-endian")
+        #endif
+        data.withUnsafeBytes { bytes += $0 }
+        return bytes
+    }
+
+    /// A `.npy` file held in memory, with its values widened like `read` / `readInts` do.
+    public struct Decoded {
+        public var shape: [Int]
+        public var floats: [Float]
+        public var isInteger: Bool
+        /// The values as integers; nil when a value is not integral.
+        public var ints: [Int]? {
+            var out = [Int]()
+            out.reserveCapacity(floats.count)
+            for v in floats {
+                guard v == v.rounded(), abs(v) < 16_777_216 else { return nil }
+                out.append(Int(v))
+            }
+            return out
         }
-        do { try out.write(to: URL(fileURLWithPath: path)) } catch {
-            throw MM1Error(file: path, "cannot be written: \(error.localizedDescription)")
+    }
+
+    /// Parses a `.npy` file held in memory (`name` is used in messages). Integers are carried as Float, so they
+    /// must be below 2^24 in magnitude to be exact (ids, positions, image pixels).
+    public static func decode(_ bytes: [UInt8], name: String) throws -> Decoded {
+        try bytes.withUnsafeBytes { raw in
+            let h = try parseHeader(raw, path: name)
+            let base = raw.baseAddress! + h.dataOffset
+            var out = [Float](repeating: 0, count: h.count)
+            let integer = ![.f4, .f8, .f2].contains(h.elem)
+            for i in 0..<h.count {
+                let v = element(base + i * h.elem.size, h.elem)
+                if integer && abs(v) >= 16_777_216 {
+                    throw MM1Error(file: name, "element \(i) (\(v)) is too large to be read exactly")
+                }
+                out[i] = Float(v)
+            }
+            return Decoded(shape: h.shape, floats: out, isInteger: integer)
         }
     }
 }
+
+extension Float: NPY.Storable { public static var descr: String { "<f4" } }
+extension Int32: NPY.Storable { public static var descr: String { "<i4" } }
+extension UInt8: NPY.Storable { public static var descr: String { "|u1" } }
