@@ -8,7 +8,7 @@ struct MM1PackCLI: ParsableCommand {
         commandName: "mm1pack",
         abstract: "Convert, quantize and verify MM1-family multimodal checkpoints as one memory-mapped bundle.",
         version: Converter.toolVersion,
-        subcommands: [Convert.self, Quantize.self, Inspect.self, Logits.self, Synth.self, Bench.self]
+        subcommands: [Convert.self, Quantize.self, Verify.self, Inspect.self, Logits.self, Synth.self, Bench.self]
     )
 }
 
@@ -39,8 +39,9 @@ struct Convert: ParsableCommand {
         detected from the files; --layout overrides it and --mapping replaces the layout's mapping table \
         (formats/layouts/*.json) with your own.
 
-        Example:
+        Examples:
           mm1pack convert fixtures/llava-llama -o llava.mm1 --dtype f16
+          mm1pack convert fixtures/axlearn-moe -o tiny.mm1 --probes built-in
         """
     )
 
@@ -53,6 +54,7 @@ struct Convert: ParsableCommand {
     @Option(help: "Source-file digests in the provenance (formats/bundle.md §4.1): segments (a safetensors file's SHA-256 over the SHA-256s of its header and tensors, reusing the bundle's tensor digests, so nearly free), full (SHA-256 of each whole file, as model hubs list it; one more hashing pass over the source) or none.") var sourceDigests: String = "segments"
     @Flag(name: .customLong("no-source-digests"), help: .hidden) var noSourceDigests = false
     @Flag(help: "AXLearn: read zarr chunks that are absent on disk as zeros (TensorStore skips writing all-zero chunks) instead of failing.") var missingChunksAsZeros = false
+    @Option(help: "Store reference outputs for `mm1pack verify`: run the f32 source model on these probes (a probe file, or built-in) and keep its outputs in the bundle (formats/verify.md).") var probes: String?
     @Flag(name: .shortAndLong, help: "No progress output.") var quiet = false
 
     func run() throws {
@@ -68,7 +70,8 @@ struct Convert: ParsableCommand {
             o.mappingFile = mapping
             o.allowUnused = allowUnused
             o.showProgress = !quiet
-            let r = try Converter.convert(source: source, output: output, options: o)
+            let r = try probes.map { try VerifyReference.convert(source: source, output: output, options: o, probes: $0) }
+                ?? Converter.convert(source: source, output: output, options: o)
             if !quiet {
                 var msg = "wrote \(output): \(r.tensors) tensors, \(Progress.bytes(r.bytes)) from layout \(r.layout) in \(String(format: "%.2f", r.seconds)) s"
                 if !r.ignored.isEmpty { msg += "; skipped \(r.ignored.count) buffer(s) (see metadata.ignored_tensors)" }
@@ -295,6 +298,8 @@ struct Quantize: ParsableCommand {
     @Option(help: "Cut each calibration sequence to L rows after image expansion.") var seqLen: Int = 512
     @Flag(name: .customLong("no-sequential"), help: .hidden) var notSequential = false
     @Option(help: "Also write the report as JSON to this file.") var report: String?
+    @Option(help: "Probes for the reference outputs `mm1pack verify` uses (a probe file); default: the source bundle's, else up to 3 --calib lines after the samples used, else built-in probes.") var probes: String?
+    @Flag(help: "Store no reference outputs (verify then needs --reference).") var noProbes = false
     @Flag(name: .shortAndLong, help: "No progress output and no report table.") var quiet = false
 
     func run() throws {
@@ -323,6 +328,8 @@ struct Quantize: ParsableCommand {
             o.sequential = !notSequential
             o.quiet = quiet
             o.commandLine = Array(CommandLine.arguments.dropFirst())
+            if noProbes && probes != nil { throw MM1Error("give --probes or --no-probes, not both") }
+            o.probes = noProbes ? .none : probes.map { .file($0) } ?? .automatic
             let rep = try Quantizer.quantize(source: source, output: output, options: o)
             if let report { try Data(try CanonicalJSON.bytes(rep.json())).write(to: URL(fileURLWithPath: report)) }
             if !quiet { print(rep.table(), terminator: "") }
@@ -364,6 +371,86 @@ struct BenchQuantize: ParsableCommand {
             }
             if !keep { try? FileManager.default.removeItem(atPath: output) }
             print(QuantizeBench.summary(r))
+        }
+    }
+}
+
+struct Verify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check a bundle's integrity and compare its outputs with the fp32 reference; exit 0 pass, 1 fail, 2 error.",
+        discussion: """
+        Every tensor and section digest is checked first (a mismatch is an error naming the tensor: exit 2). Then \
+        the model runs on a probe set and its outputs are compared with a reference: by default the reference \
+        outputs the bundle carries (written by quantize, or by convert --probes), so nothing but the bundle is \
+        needed; with --reference, a live reference model (a float bundle or a source checkpoint) run on --inputs \
+        (default: the bundle's own probes, else built-in ones). Metrics: token KL divergence (mean, median, p99, \
+        max), top-1 agreement, top-5 overlap, RMS Δp of the reference's top token, max |Δlogit|, logit NMSE — over \
+        all, text and image-conditioned positions — and the relative error of every ViT block, the ViT output, the \
+        connector and every LLM layer, and MoE routing agreement. Limits come from the recipe that made the bundle \
+        (defaults for float bundles), and the options below replace them. See formats/verify.md.
+
+        Examples:
+          mm1pack verify tiny-q4.mm1
+          mm1pack verify tiny-q4.mm1 --max-mean-kld 0.01 --min-top1 0.95 --json report.json --html report.html
+          mm1pack verify model-f16.mm1 --reference checkpoints/model --inputs probes.jsonl
+          mm1pack verify model.mm1 --integrity-only
+        """
+    )
+
+    @Argument(help: "The bundle to verify.") var bundle: String
+    @Option(help: "A live reference: a float bundle or a source checkpoint.") var reference: String?
+    @Option(help: "Probe file (JSON lines, formats/probes.md) for --reference.") var inputs: String?
+    @Flag(help: "Check every tensor and section digest, then stop.") var integrityOnly = false
+    @Option(help: "Limit on the mean token KL divergence (nats).") var maxMeanKld: Double?
+    @Option(help: "Limit on the 99th percentile of token KL divergence.") var maxP99Kld: Double?
+    @Option(help: "Limit on the largest token KL divergence.") var maxKld: Double?
+    @Option(help: "Minimum fraction of positions whose top token agrees (0–1).") var minTop1: Double?
+    @Option(help: "Minimum mean top-5 overlap (0–1).") var minTop5: Double?
+    @Option(help: "Limit on the NMSE of the logits.") var maxLogitNmse: Double?
+    @Option(help: "Limit on the NMSE of the ViT output (image-encoder bundles).") var maxFeatureNmse: Double?
+    @Option(help: "Minimum fraction of tokens keeping their top-k experts, in the worst MoE layer (0–1).") var minExpertAgreement: Double?
+    @Option(help: "Also write the report as JSON to this file.") var json: String?
+    @Option(help: "Also write the report as HTML (with the per-stage error chart) to this file.") var html: String?
+    @Flag(name: .shortAndLong, help: "No progress output and no table (the exit status still tells).") var quiet = false
+
+    func run() throws {
+        var report: VerifyReport?
+        try MM1PackCLI_run {
+            var o = VerifyOptions()
+            o.reference = reference
+            o.inputs = inputs
+            o.integrityOnly = integrityOnly
+            o.quiet = quiet
+            let given: [(Threshold.Metric, Double?)] = [
+                (.maxMeanKLD, maxMeanKld), (.maxP99KLD, maxP99Kld), (.maxKLD, maxKld), (.minTop1, minTop1),
+                (.minTop5, minTop5), (.maxLogitNMSE, maxLogitNmse), (.maxFeatureNMSE, maxFeatureNmse),
+                (.minExpertAgreement, minExpertAgreement),
+            ]
+            for case let (m, v?) in given {
+                guard v.isFinite, v >= 0 else { throw MM1Error("--\(m.rawValue.replacingOccurrences(of: "_", with: "-")) must be a number ≥ 0") }
+                o.overrides[m] = v
+            }
+            let r = try Verifier.verify(bundle, options: o)
+            if let json { try write(Data(try CanonicalJSON.bytes(r.json())), to: json) }
+            if let html { try write(Data(r.html().utf8), to: html) }
+            if !quiet { print(r.text(), terminator: "") }
+            report = r
+        }
+        if let report, !report.passed { throw ExitCode(1) }
+    }
+
+    /// Reports are written whole to a temporary file and renamed, like bundles.
+    func write(_ data: Data, to path: String) throws {
+        let tmp = path + ".partial-\(getpid())"
+        do {
+            try data.write(to: URL(fileURLWithPath: tmp))
+            guard rename(tmp, path) == 0 else { throw MM1Error(file: path, "cannot be written: \(String(cString: strerror(errno)))") }
+        } catch let e as MM1Error {
+            unlink(tmp)
+            throw e
+        } catch {
+            unlink(tmp)
+            throw MM1Error(file: path, "cannot be written: \(error.localizedDescription)")
         }
     }
 }

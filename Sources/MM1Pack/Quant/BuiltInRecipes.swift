@@ -25,7 +25,7 @@ enum BuiltInRecipes {
     {"match": "llm.layers.*.weight", "bits": 4, "group_size": 128, "scheme": "asym", "why": "The bulk of the parameters. Asymmetric g128 is the configuration the AWQ and GPTQ papers report near-lossless at 4 bits (4.25 bits per weight)."},
     {"match": "*", "keep": "f16", "why": "Anything else (new tensor kinds) stays in f16 rather than being quantized blind."}
   ],
-  "verify": {"max_mean_kld": 0.1, "min_top1": 0.8}
+  "verify": {"max_mean_kld": 0.1, "min_top1": 0.8, "max_feature_nmse": 0.01}
 }
 """#,
         "mm1-int8": #"""
@@ -51,7 +51,7 @@ enum BuiltInRecipes {
     {"match": "llm.layers.*.weight", "bits": 8, "group_size": "channel", "scheme": "sym"},
     {"match": "*", "keep": "f16"}
   ],
-  "verify": {"max_mean_kld": 0.01, "min_top1": 0.95}
+  "verify": {"max_mean_kld": 0.01, "min_top1": 0.95, "max_feature_nmse": 0.001}
 }
 """#,
         "mm1-mixed": #"""
@@ -81,7 +81,7 @@ enum BuiltInRecipes {
      "why": "Typically the down projections of the first and last layers, where activation outliers concentrate."},
     {"match": "*", "keep": "f16"}
   ],
-  "verify": {"max_mean_kld": 0.08, "min_top1": 0.85}
+  "verify": {"max_mean_kld": 0.08, "min_top1": 0.85, "max_feature_nmse": 0.01}
 }
 """#,
     ]

@@ -18,9 +18,9 @@ public struct CalibrationSet: Sendable {
     public var digest: String
     public var isBuiltIn: Bool { source == "built-in" }
 
-    /// Loads the first `limit` samples of a probe file. Text is tokenized with the bundle's tokenizer.
-    public static func load(_ path: String, limit: Int?, model: MultimodalModel) throws -> CalibrationSet {
-        var probes = try ProbeFile.load(path)
+    /// Loads `limit` samples of a probe file after the first `skip`. Text is tokenized with the bundle's tokenizer.
+    public static func load(_ path: String, skip: Int = 0, limit: Int?, model: MultimodalModel) throws -> CalibrationSet {
+        var probes = Array(try ProbeFile.load(path).dropFirst(skip))
         if let limit { probes = Array(probes.prefix(limit)) }
         var h = SHA256()
         h.update(data: [UInt8](FileManager.default.contents(atPath: path) ?? Data()))

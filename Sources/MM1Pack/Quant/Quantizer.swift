@@ -22,6 +22,19 @@ public struct QuantizeOptions {
     public var quiet = false
     /// The command line as given, for the provenance.
     public var commandLine: [String] = []
+    /// Reference outputs stored for `mm1pack verify` (formats/verify.md).
+    public var probes: ReferenceProbes = .automatic
+
+    /// Which probes the quantized bundle carries with the fp model's outputs on them.
+    public enum ReferenceProbes: Sendable, Equatable {
+        /// Keep the source bundle's reference if it has one; else probes held out from the calibration file (up
+        /// to 3 lines after the samples used), else the built-in probes.
+        case automatic
+        /// This probe file, run through the source model now.
+        case file(String)
+        /// No reference outputs (verify then needs --reference).
+        case none
+    }
 
     public init(recipe: Recipe) { self.recipe = recipe }
 }
@@ -37,6 +50,9 @@ public final class Quantizer {
     public let weights: ModelWeights
     public let model: MultimodalModel
     public let options: QuantizeOptions
+    /// Reference outputs to store in the bundle (computed on the source model before quantizing); nil keeps the
+    /// source's `verify.*` sections as they are, unless `options.probes` is `.none`.
+    public var reference: VerifyReference?
     let recipe: Recipe
 
     /// What happens to one tensor.

@@ -19,6 +19,8 @@ extension Quantizer {
         report.finish(plan: plan.map { ($0.name, $0.shape, $0.action) }, keptDType: { self.keptDType(self.plan[self.planIndex[$0]!]) })
         sections.removeAll { $0.name == "quant_report.json" }
         sections.append(.init(name: "quant_report.json", raw: try CanonicalJSON.bytes(report.json())))
+        if reference != nil || options.probes == .none { sections.removeAll { $0.name.hasPrefix("verify.") } }
+        if let reference { sections += try reference.sections() }
         var provenance = weights.bundle.provenance
         var q: [String: Any] = [
             "tool": "mm1pack", "tool_version": Converter.toolVersion,
@@ -158,6 +160,32 @@ extension Quantizer {
         }
         let weights = try ModelWeights(path: bundlePath)
         let q = try Quantizer(weights: weights, options: options)
-        return try q.run(output: output, calibration: CalibrationSet(options: options, model: q.model))
+        let calibration = try CalibrationSet(options: options, model: q.model)
+        q.reference = try referenceProbes(options: options, calibration: calibration, model: q.model).map { probes in
+            let progress = Progress(label: "reference", totalItems: probes.samples.count, totalBytes: probes.samples.count, enabled: !options.quiet)
+            let vocab = q.model.llm?.config.vocabSize ?? 0
+            return try VerifyReference.compute(model: q.model, probes: probes.samples, source: probes.source,
+                                               logitsTopK: VerifyReference.defaultTopK(vocab: vocab),
+                                               maxRows: VerifyReference.defaultMaxRows, progress: progress)
+        }
+        return try q.run(output: output, calibration: calibration)
+    }
+
+    /// The probes to run the source model on now, or nil (no reference, or the source bundle's is kept).
+    static func referenceProbes(options: QuantizeOptions, calibration: CalibrationSet,
+                                model: MultimodalModel) throws -> (samples: [CalibrationSample], source: String)? {
+        switch options.probes {
+        case .none:
+            return nil
+        case .file(let path):
+            return (try VerifyProbes.load(path, model: model), path)
+        case .automatic:
+            if model.weights.bundle.section(named: VerifyReference.manifestSection) != nil { return nil }
+            if let path = options.calibrationPath {
+                let held = try CalibrationSet.load(path, skip: calibration.samples.count, limit: 3, model: model).samples
+                if !held.isEmpty { return (held, "\(path) (held out: lines after the \(calibration.samples.count) calibration samples)") }
+            }
+            return (try VerifyProbes.builtIn(model: model), "built-in")
+        }
     }
 }
