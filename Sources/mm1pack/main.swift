@@ -431,7 +431,7 @@ struct Verify: ParsableCommand {
                 o.overrides[m] = v
             }
             let r = try Verifier.verify(bundle, options: o)
-            if let json { try write(Data(try CanonicalJSON.bytes(r.json())), to: json) }
+            if let json { try write(Data(try CanonicalJSON.bytes(r.jsonSanitized())), to: json) }
             if let html { try write(Data(r.html().utf8), to: html) }
             if !quiet { print(r.text(), terminator: "") }
             report = r

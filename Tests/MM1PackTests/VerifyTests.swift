@@ -294,6 +294,22 @@ final class VerifyTests: XCTestCase {
         }
     }
 
+    /// A weight made infinite behind a recomputed digest makes the model compute NaN: verify must fail (not pass,
+    /// not crash) and still write its reports.
+    func testNonFiniteOutputsFailAndStillReport() throws {
+        let src = try VerifyTests.quantized("llama-text", bits: 8)
+        let dst = VerifyTests.work + "/inf.mm1"
+        try VerifyTests.resealedCopy(src, dst, tensor: "llm.layers.0.attn.o.weight") { b, t in
+            let i = t.quant!.scales.lowerBound
+            (b[i], b[i + 1]) = (0x00, 0x7C)  // +inf as the first group's f16 scale
+        }
+        let r = try Verifier.verify(dst, options: VerifyTests.quiet())
+        XCTAssertFalse(r.passed)
+        XCTAssertTrue(r.thresholds.contains { $0.metric == .maxMeanKLD && !$0.passed })
+        XCTAssertNoThrow(try CanonicalJSON.bytes(r.jsonSanitized()))
+        XCTAssertTrue(r.html().contains("FAIL"))
+    }
+
     // MARK: the command
 
     /// The built `mm1pack` executable next to the test bundle.

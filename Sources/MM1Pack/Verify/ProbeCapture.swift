@@ -96,8 +96,7 @@ public enum ProbeRunner {
         logits.withUnsafeBufferPointer { lp in
             for r in 0..<rows {
                 let row = UnsafeBufferPointer(rebasing: lp[(r * v)..<((r + 1) * v)])
-                let order = (0..<v).sorted { row[$0] > row[$1] || (row[$0] == row[$1] && $0 < $1) }.prefix(k)
-                for j in order { ids.append(Int32(j)); vals.append(row[j]) }
+                for j in VerifyMath.topIndices(row, k: k) { ids.append(Int32(j)); vals.append(row[j]) }
                 lse.append(Float(VerifyMath.logSumExp(row)))
             }
         }

@@ -118,6 +118,14 @@ public enum Verifier {
                 guard let d = (val as? NSNumber)?.doubleValue else { throw MM1Error(file: bundle.path, "recipe '\(name)': verify.\(k) is not a number") }
                 out[m] = Threshold(metric: m, limit: d, origin: "recipe \(name)")
             }
+        } else if let lowest = bundle.tensors.compactMap({ $0.quant?.spec.bits }).min() {
+            // Quantized without limits in its recipe: those of the built-in recipe for the lowest bit width used.
+            let bits: Int = lowest <= 4 ? 4 : 8
+            let r = try Recipe.builtIn(bits: bits)
+            for (k, d) in r.verify {
+                guard let m = Threshold.Metric(rawValue: k) else { continue }
+                out[m] = Threshold(metric: m, limit: d, origin: "default for int\(bits) (recipe \(r.name))")
+            }
         } else {
             for (m, d) in (hasLLM ? floatDefaults : imageEncoderDefaults) { out[m] = Threshold(metric: m, limit: d, origin: "default for float bundles") }
         }

@@ -181,8 +181,19 @@ public struct VerifyReport {
         return d
     }
 
-    /// JSON has no infinity: such values are written as a large finite number.
-    func finite(_ v: Double) -> Double { v.isFinite ? v : 1e308 }
+    /// JSON has no infinity: such values are written as a large finite number (NaN is left to `sanitized`).
+    func finite(_ v: Double) -> Double { v.isInfinite ? (v > 0 ? 1e308 : -1e308) : v }
+
+    /// The JSON form with every NaN (a model that computes NaN) written as null, which JSON can carry.
+    public func jsonSanitized() -> [String: Any] {
+        func clean(_ x: Any) -> Any {
+            if let d = x as? Double { return d.isNaN ? NSNull() : finite(d) }
+            if let a = x as? [Any] { return a.map(clean) }
+            if let o = x as? [String: Any] { return o.mapValues(clean) }
+            return x
+        }
+        return clean(json()) as! [String: Any]
+    }
 }
 
 extension String {
