@@ -145,9 +145,6 @@ public final class GGUFReader: FileBackedTensorSource, @unchecked Sendable {
         guard kvCount <= UInt64(c.remaining / 13) else {
             throw MM1Error(file: path, "claims \(kvCount) metadata keys, more than its \(file.size) bytes can hold")
         }
-        guard tensorCount <= UInt64(c.remaining / 32) else {
-            throw MM1Error(file: path, "claims \(tensorCount) tensors, more than its \(file.size) bytes can hold")
-        }
 
         var keys: [String] = []
         var meta: [String: GGUFValue] = [:]
@@ -161,6 +158,9 @@ public final class GGUFReader: FileBackedTensorSource, @unchecked Sendable {
         }
         self.keys = keys
         metadata = meta
+        guard tensorCount <= UInt64(c.remaining / 32) else {
+            throw MM1Error(file: path, "claims \(tensorCount) tensors, more than the \(c.remaining) bytes after its metadata can hold")
+        }
 
         var align = GGUFReader.defaultAlignment
         if let a = meta["general.alignment"] {
