@@ -263,6 +263,77 @@ final class GGUFReaderTests: XCTestCase {
         XCTAssertNotNil(meta["tokenizer_not_converted"] as? String)
     }
 
+    /// A Mixtral-style file (llama architecture with expert_count) in both expert namings: stacked `ffn_*_exps`
+    /// and the older per-expert `ffn_*.E.weight`; F32 throughout, no tokenizer (weights only, with a warning).
+    func testMoEExperts() throws {
+        let d = 8, f = 6, x = 2, v = 4, nq = 2, nkv = 1, hd = 4
+        var rng = SplitMix64(seed: 7)
+        func f32(_ dims: [UInt64]) -> [UInt8] {
+            (0..<dims.reduce(1, *)).flatMap { _ in GGUFBuilder.le(rng.uniform().bitPattern) }
+        }
+        func moeFile(stacked: Bool) -> GGUFBuilder {
+            var b = GGUFBuilder()
+            b.kv += [("llama.embedding_length", .u32(UInt32(d))), ("llama.block_count", .u32(1)),
+                     ("llama.feed_forward_length", .u32(UInt32(f))), ("llama.attention.head_count", .u32(UInt32(nq))),
+                     ("llama.attention.head_count_kv", .u32(UInt32(nkv))), ("llama.expert_count", .u32(UInt32(x))),
+                     ("llama.expert_used_count", .u32(1)), ("llama.attention.layer_norm_rms_epsilon", .f32(1e-6)),
+                     ("tokenizer.ggml.tokens", .strings(["a", "b", "c", "d"]))]
+            var t: [(String, [UInt64])] = [("token_embd.weight", [UInt64(d), UInt64(v)]), ("blk.0.attn_norm.weight", [UInt64(d)]),
+                     ("blk.0.attn_q.weight", [UInt64(d), UInt64(nq * hd)]), ("blk.0.attn_k.weight", [UInt64(d), UInt64(nkv * hd)]),
+                     ("blk.0.attn_v.weight", [UInt64(d), UInt64(nkv * hd)]), ("blk.0.attn_output.weight", [UInt64(nq * hd), UInt64(d)]),
+                     ("blk.0.ffn_norm.weight", [UInt64(d)]), ("blk.0.ffn_gate_inp.weight", [UInt64(d), UInt64(x)]),
+                     ("output_norm.weight", [UInt64(d)]), ("output.weight", [UInt64(d), UInt64(v)])]
+            if stacked {
+                t += [("blk.0.ffn_gate_exps.weight", [UInt64(d), UInt64(f), UInt64(x)]), ("blk.0.ffn_up_exps.weight", [UInt64(d), UInt64(f), UInt64(x)]),
+                      ("blk.0.ffn_down_exps.weight", [UInt64(f), UInt64(d), UInt64(x)])]
+            } else {
+                for e in 0..<x {
+                    t += [("blk.0.ffn_gate.\(e).weight", [UInt64(d), UInt64(f)]), ("blk.0.ffn_up.\(e).weight", [UInt64(d), UInt64(f)]),
+                          ("blk.0.ffn_down.\(e).weight", [UInt64(f), UInt64(d)])]
+                }
+            }
+            b.tensors = t.map { GGUFBuilder.Tensor(name: $0.0, dims: $0.1, type: 0, data: f32($0.1)) }
+            return b
+        }
+        let stackedPath = dir + "/moe.gguf", perExpertPath = dir + "/moe-legacy.gguf"
+        let stacked = moeFile(stacked: true)
+        try Data(stacked.bytes()).write(to: URL(fileURLWithPath: stackedPath))
+        // The per-expert file holds the same expert values, split.
+        var legacy = moeFile(stacked: false)
+        let exps = Dictionary(uniqueKeysWithValues: stacked.tensors.map { ($0.name, $0.data) })
+        let per = f * d * 4
+        for e in 0..<x {
+            for p in ["gate", "up", "down"] {
+                let i = legacy.tensors.firstIndex { $0.name == "blk.0.ffn_\(p).\(e).weight" }!
+                legacy.tensors[i].data = Array(exps["blk.0.ffn_\(p)_exps.weight"]![(e * per)..<((e + 1) * per)])
+            }
+        }
+        for i in legacy.tensors.indices {
+            if let same = exps[legacy.tensors[i].name] { legacy.tensors[i].data = same }
+        }
+        try Data(legacy.bytes()).write(to: URL(fileURLWithPath: perExpertPath))
+
+        var digests: [[String: String]] = []
+        for src in [stackedPath, perExpertPath] {
+            let out = src + ".mm1"
+            let report = try Converter.convert(source: src, output: out, options: quietOptions())
+            XCTAssertEqual(report.warnings.count, 1)
+            XCTAssertTrue(report.warnings.first?.contains("tokenizer.ggml.model is missing") ?? false, "\(report.warnings)")
+            let b = try BundleReader(path: out)
+            let moe = try XCTUnwrap((b.config["llm"] as? [String: Any])?["moe"] as? [String: Any])
+            XCTAssertEqual(moe["num_experts"] as? Int, 2)
+            XCTAssertEqual(moe["top_k"] as? Int, 1)
+            XCTAssertEqual(moe["layers"] as? [Int], [0])
+            XCTAssertEqual((b.config["llm"] as? [String: Any])?["tie_embeddings"] as? Bool, false)
+            XCTAssertEqual(b.tensor(named: "llm.layers.0.moe.down.weight")?.shape, [x, d, f])
+            XCTAssertEqual(b.tensor(named: "llm.layers.0.moe.gate.weight")?.shape, [x, f, d])
+            digests.append(Dictionary(uniqueKeysWithValues: b.tensors.map { ($0.name, $0.sha256) }))
+        }
+        XCTAssertEqual(digests[0], digests[1], "the two expert namings give different bundles")
+        let gate = try floats(try BundleReader(path: stackedPath + ".mm1"), "llm.layers.0.moe.gate.weight")
+        XCTAssertEqual(gate, exps["blk.0.ffn_gate_exps.weight"]!.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) })
+    }
+
     // MARK: broken files
 
     func expectFailure(_ bytes: [UInt8], _ fragments: [String], name: String = "broken.gguf",
