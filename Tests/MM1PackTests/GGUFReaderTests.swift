@@ -5,7 +5,7 @@ import XCTest
 /// Builds GGUF files byte by byte, so that tests can write exactly the (possibly broken) file they need.
 struct GGUFBuilder {
     enum Value {
-        case u32(UInt32), f32(Float), string(String), bool(Bool), strings([String]), i32s([Int32])
+        case u32(UInt32), f32(Float), string(String), bool(Bool), strings([String]), i32s([Int32]), zeroI32s(Int)
     }
     struct Tensor {
         var name: String
@@ -41,6 +41,8 @@ struct GGUFBuilder {
             case .strings(let a):
                 out += Self.le(UInt32(9)) + Self.le(UInt32(8)) + Self.le(UInt64(a.count))
                 for s in a { out += Self.str(s) }
+            case .zeroI32s(let n):
+                out += Self.le(UInt32(9)) + Self.le(UInt32(5)) + Self.le(UInt64(n)) + [UInt8](repeating: 0, count: 4 * n)
             case .i32s(let a):
                 out += Self.le(UInt32(9)) + Self.le(UInt32(5)) + Self.le(UInt64(a.count))
                 for x in a { out += Self.le(x) }
@@ -390,6 +392,12 @@ final class GGUFReaderTests: XCTestCase {
         b = GGUFBuilder.simple()
         b.tensorCountOverride = 3  // one more than written: the reader runs into the data
         try expectFailure(b.bytes(), ["tensor"])
+    }
+
+    func testHugeMetadataArrayIsRefused() throws {
+        var b = GGUFBuilder.simple()
+        b.kv.append(("x.big", .zeroI32s(GGUFReader.maxMetadataElements + 1)))
+        try expectFailure(b.bytes(), ["metadata key 'x.big'", "more than 16777216 elements"])
     }
 
     func testLyingStringLength() throws {

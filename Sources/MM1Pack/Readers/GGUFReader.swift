@@ -85,6 +85,9 @@ public final class GGUFReader: FileBackedTensorSource, @unchecked Sendable {
     public static let defaultAlignment = 32
     public static let maxNameBytes = 64
     static let maxArrayDepth = 8
+    /// Metadata array elements in all (a vocabulary and its merges are a few hundred thousand); bounds the memory a
+    /// hostile header can make the reader allocate.
+    public static let maxMetadataElements = 1 << 24
 
     public struct TensorEntry: Sendable {
         public var name: String
@@ -334,6 +337,8 @@ private struct Cursor {
     let bytes: UnsafeRawBufferPointer
     let path: String
     var position = 0
+    /// Array elements read so far.
+    var elements = 0
 
     var remaining: Int { bytes.count - position }
 
@@ -398,6 +403,10 @@ private struct Cursor {
             guard et <= 12 else { throw MM1Error(file: path, "\(what): unknown array element type \(et)") }
             guard n <= UInt64(remaining / Cursor.minSize(et)) else {
                 throw MM1Error(file: path, "\(what): array of \(n) elements runs past the end of the file (\(remaining) bytes remain)")
+            }
+            elements += Int(n)
+            guard elements <= GGUFReader.maxMetadataElements else {
+                throw MM1Error(file: path, "\(what): the metadata arrays hold more than \(GGUFReader.maxMetadataElements) elements in all, more than mm1pack reads")
             }
             var out: [GGUFValue] = []
             out.reserveCapacity(Int(n))
