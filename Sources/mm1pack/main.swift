@@ -35,7 +35,8 @@ struct Convert: ParsableCommand {
         abstract: "Convert a training checkpoint into a bundle.",
         discussion: """
         SRC is a checkpoint directory (Hugging Face safetensors, sharded or not; Honeybee; an AXLearn \
-        checkpoints/ or step_XXXXXXXX/ directory; an open_clip model) or a single .safetensors file. The layout is \
+        checkpoints/ or step_XXXXXXXX/ directory; an open_clip model), a single .safetensors file, or a llama.cpp \
+        .gguf file (Llama architecture; quantized tensors are dequantized to f32, see formats/layouts/gguf.md). The layout is \
         detected from the files; --layout overrides it and --mapping replaces the layout's mapping table \
         (formats/layouts/*.json) with your own.
 
@@ -45,10 +46,10 @@ struct Convert: ParsableCommand {
         """
     )
 
-    @Argument(help: "Source checkpoint directory or .safetensors file.") var source: String
+    @Argument(help: "Source checkpoint directory, .safetensors file or .gguf file.") var source: String
     @Option(name: .shortAndLong, help: "Output bundle path.") var output: String
     @Option(help: "Tensor dtype in the bundle: auto (keep each tensor's float type), f32, f16 or bf16.") var dtype: String = "auto"
-    @Option(help: "Source layout: axlearn, honeybee, llava, openclip (default: detected).") var layout: String?
+    @Option(help: "Source layout: axlearn, gguf, honeybee, llava, openclip (default: detected).") var layout: String?
     @Option(help: "A layout mapping file to use instead of the built-in one.") var mapping: String?
     @Flag(help: "Record source tensors that no rule maps in the bundle's metadata instead of failing.") var allowUnused = false
     @Option(help: "Source-file digests in the provenance (formats/bundle.md §4.1): segments (a safetensors file's SHA-256 over the SHA-256s of its header and tensors, reusing the bundle's tensor digests, so nearly free), full (SHA-256 of each whole file, as model hubs list it; one more hashing pass over the source) or none.") var sourceDigests: String = "segments"
@@ -72,6 +73,7 @@ struct Convert: ParsableCommand {
             o.showProgress = !quiet
             let r = try probes.map { try VerifyReference.convert(source: source, output: output, options: o, probes: $0) }
                 ?? Converter.convert(source: source, output: output, options: o)
+            for w in r.warnings { FileHandle.standardError.write(Data("mm1pack: warning: \(w)\n".utf8)) }
             if !quiet {
                 var msg = "wrote \(output): \(r.tensors) tensors, \(Progress.bytes(r.bytes)) from layout \(r.layout) in \(String(format: "%.2f", r.seconds)) s"
                 if !r.ignored.isEmpty { msg += "; skipped \(r.ignored.count) buffer(s) (see metadata.ignored_tensors)" }

@@ -36,6 +36,9 @@ public struct ConvertReport: Sendable {
     public var ignored: [String: String]
     public var unused: [String]
     public var seconds: Double
+    /// Things the user should know that did not stop the conversion (e.g. a GGUF tokenizer that could not be
+    /// carried over).
+    public var warnings: [String] = []
     /// Source bytes hashed for the provenance's source-file digests beyond those the bundle's tensor digests cover.
     public var sourceBytesHashed: Int
 }
@@ -49,6 +52,13 @@ public struct OpenedSource {
     public var config: [String: Any]
     /// The file the config came from, for messages.
     public var configFile: String? = nil
+    /// Sections built from the source itself (GGUF: tokenizer files); when set, no side files are read from
+    /// `configDir`.
+    public var sections: [BundleWriter.Section]? = nil
+    /// Entries added to the bundle's metadata.
+    public var metadata: [String: Any] = [:]
+    /// Warnings for the user, also recorded in the metadata by the source's reader.
+    public var warnings: [String] = []
 }
 
 public enum Converter {
@@ -72,6 +82,7 @@ public enum Converter {
     /// Decides the layout from the files (and config) present.
     public static func detectLayout(_ path: String) throws -> String {
         guard exists(path) else { throw MM1Error(file: path, "does not exist") }
+        if !isDir(path) && (path.hasSuffix(".gguf") || hasGGUFMagic(path)) { return "gguf" }
         let dir = isDir(path) ? path : (path as NSString).deletingLastPathComponent
         if isDir(path) {
             if exists(path + "/index") && isDir(path + "/gda") { return "axlearn" }
@@ -88,6 +99,12 @@ public enum Converter {
             throw MM1Error(file: dir + "/config.json", "model_type '\(type)' is not a layout mm1pack knows; pass --layout (one of \(LayoutMapping.builtinNames.joined(separator: ", ")))")
         }
         throw MM1Error(file: path, "cannot tell the checkpoint layout (no config.json, open_clip_config.json or AXLearn index); pass --layout")
+    }
+
+    static func hasGGUFMagic(_ path: String) -> Bool {
+        guard let h = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? h.close() }
+        return (try? h.read(upToCount: 4)) == Data("GGUF".utf8)
     }
 
     public static func open(_ path: String, layout explicitLayout: String? = nil, missingChunksAsZeros: Bool = false) throws -> OpenedSource {
@@ -125,8 +142,21 @@ public enum Converter {
             }
             return OpenedSource(layout: layout, source: reader, configDir: dir, config: config,
                                 configFile: dir + (layout == "openclip" ? "/open_clip_config.json" : "/config.json"))
+        case "gguf":
+            let reader = try GGUFReader(path: path)
+            let config = try GGUFImport.config(reader)
+            var opened = OpenedSource(layout: layout, source: reader, configDir: reader.root, config: config, configFile: path)
+            var meta = GGUFImport.metadata(reader)
+            let (files, refused) = GGUFImport.tokenizerFiles(reader)
+            opened.sections = files.map { BundleWriter.Section(name: $0.0, raw: $0.1) }
+            if let refused {
+                meta["tokenizer_not_converted"] = refused
+                opened.warnings.append("\(path): the tokenizer was not converted (\(refused)); the bundle holds the weights only, so probes must give input_ids")
+            }
+            opened.metadata["gguf"] = meta
+            return opened
         default:
-            throw MM1Error(file: path, "unknown layout '\(layout)' (known: axlearn, honeybee, llava, openclip)")
+            throw MM1Error(file: path, "unknown layout '\(layout)' (known: \(LayoutMapping.builtinNames.joined(separator: ", ")))")
         }
     }
 
@@ -230,8 +260,8 @@ public enum Converter {
         var finished = false
         defer { if !finished { digests.cancel() } }
 
-        var sections: [BundleWriter.Section] = []
-        for name in sectionFiles {
+        var sections: [BundleWriter.Section] = opened.sections ?? []
+        for name in sectionFiles where opened.sections == nil {
             let p = opened.configDir + "/" + name
             guard exists(p) else { continue }
             let size = (try? FileManager.default.attributesOfItem(atPath: p)[.size] as? Int) ?? 0
@@ -239,7 +269,7 @@ public enum Converter {
             guard let data = FileManager.default.contents(atPath: p) else { throw MM1Error(file: p, "cannot read") }
             sections.append(.init(name: name, raw: [UInt8](data)))
         }
-        var metadata: [String: Any] = [:]
+        var metadata: [String: Any] = opened.metadata
         if !plan.unmatched.isEmpty { metadata["unused_tensors"] = plan.unmatched }
         if !plan.ignored.isEmpty { metadata["ignored_tensors"] = plan.ignored }
 
@@ -279,7 +309,8 @@ public enum Converter {
         try writer.finish()
         finished = true
         return ConvertReport(layout: opened.layout, tensors: entries.count, bytes: totalBytes, ignored: plan.ignored,
-                             unused: plan.unmatched, seconds: Date().timeIntervalSince(t0), sourceBytesHashed: digests.bytesHashed)
+                             unused: plan.unmatched, seconds: Date().timeIntervalSince(t0), warnings: opened.warnings,
+                             sourceBytesHashed: digests.bytesHashed)
     }
 
     /// The source tensor whose stored bytes, in order, are exactly the bundle tensor's (one part, same dtype, a

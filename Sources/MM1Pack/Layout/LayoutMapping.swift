@@ -195,7 +195,7 @@ public struct LayoutMapping: Sendable {
     }
 
     /// The layouts the converter knows how to open (each also needs a config reader in SourceConfig).
-    public static let builtinNames = ["axlearn", "honeybee", "llava", "openclip"]
+    public static let builtinNames = ["axlearn", "gguf", "honeybee", "llava", "openclip"]
 }
 
 /// A number in a mapping file: a literal, or a dotted path into the canonical config (`"llm.num_heads"`), or a
