@@ -162,6 +162,11 @@ int mm1b_section_read(const mm1b_bundle *b, const mm1b_section *s, void *dst, si
         if (raw) memcpy(dst, s->data, raw);
     } else {
         size_t len = (size_t)s->length;
+        static const unsigned char zstd_magic[4] = {0x28, 0xB5, 0x2F, 0xFD};
+        /* A skippable frame would decode to nothing, so "one frame" means one Zstandard frame (bundle.md 3). */
+        if (len < 4 || memcmp(s->data, zstd_magic, 4) != 0)
+            return section_fail(b, s, err, errlen, MM1B_EFORMAT,
+                                "the stored bytes do not start with a Zstandard frame (magic 28 B5 2F FD)%s", NULL);
         size_t frame = ZSTD_findFrameCompressedSize(s->data, len);
         if (ZSTD_isError(frame))
             return section_fail(b, s, err, errlen, MM1B_EFORMAT, "not a zstd frame: %s", ZSTD_getErrorName(frame));

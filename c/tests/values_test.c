@@ -256,6 +256,19 @@ static void test_sections(const char *dir) {
                    err);
             mm1b_close(c);
         }
+        /* A skippable frame in place of the Zstandard frame (same length, 12 bytes) must be refused, not decoded
+         * to nothing. */
+        copy = malloc(len);
+        memcpy(copy, mm1b_file_data(b), len);
+        static const unsigned char skippable[12] = {0x50, 0x2A, 0x4D, 0x18, 4, 0, 0, 0, 'a', 'b', 'c', 'd'};
+        if (z->length == sizeof skippable) memcpy(copy + z->offset, skippable, sizeof skippable);
+        EXPECT(z->length == sizeof skippable, "the sample's zstd frame is %d bytes", (int)z->length);
+        rc = mm1b_open_memory(copy, len, "skip.mm1", &c, err, sizeof err);
+        if (rc == MM1B_OK) {
+            rc = mm1b_section_read(c, mm1b_find_section(c, "tok.model"), out, sizeof out, err, sizeof err);
+            EXPECT(rc == MM1B_EFORMAT && strstr(err, "magic 28 B5 2F FD"), "skippable frame: %d %s", rc, err);
+            mm1b_close(c);
+        }
         free(copy);
     }
     snprintf(path, sizeof path, "%s/small.mm1", dir);

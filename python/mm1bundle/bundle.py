@@ -601,6 +601,9 @@ def _zstd_decode(path, s, stored):
         raise BundleError(path, "section '%s' is zstd-encoded and the 'zstandard' package is not installed "
                                 "(pip install 'mm1bundle[zstd]' or pip install zstandard)" % s.name) from None
     what = "section '%s': " % s.name
+    # A skippable frame would decode to nothing, so "one frame" means one Zstandard frame (bundle.md section 3).
+    if stored[:4] != b"\x28\xb5\x2f\xfd":
+        raise BundleError(path, "%sthe stored bytes do not start with a Zstandard frame (magic 28 B5 2F FD)" % what)
     try:
         declared = zstandard.frame_content_size(stored)
     except zstandard.ZstdError as e:

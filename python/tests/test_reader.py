@@ -254,7 +254,10 @@ class Sections(unittest.TestCase):
             ("two frames", abc + abc, b"abc", "trailing data"),
             ("declared size", abc, b"abcd", "declares 3 bytes, raw_length is 4"),
             ("corrupt", abc[:-1] + b"d", b"abc", "sha256"),
+            ("skippable then frame", struct.pack("<II", 0x184D2A50, 3) + b"xyz" + abc, b"abc", "magic 28 B5 2F FD"),
         ]
+        skip = struct.pack("<II", 0x184D2A50, 0)  # decodes to nothing: must not pass as an empty section
+        cases.append(("skippable only", skip, b"", "magic 28 B5 2F FD"))
         for what, stored, raw, fragment in cases:
             p = write("z.mm1", mkbundle.bundle([], [("t.json", "zstd", stored, raw)]))
             with Bundle(p) as b, self.subTest(what):
