@@ -18,7 +18,7 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
         // The one parser of the bundle header, in C so that other runtimes link the same code (formats/bundle.md).
-        .target(name: "CMM1Bundle", dependencies: ["CJSONC"]),
+        .target(name: "CMM1Bundle", dependencies: ["CJSONC", "CZstd"]),
         // System calls the Swift Glibc overlay does not expose (copy_file_range).
         .target(name: "CSystemShims"),
         // Small hot loops written in C so that they vectorise predictably.

@@ -90,6 +90,7 @@ struct Inspect: ParsableCommand {
         discussion: """
         Example:
           mm1pack inspect llava.mm1 --tensors --check
+          mm1pack inspect llava.mm1 --dump /tmp/llava-values
         """
     )
 
@@ -97,10 +98,12 @@ struct Inspect: ParsableCommand {
     @Flag(help: "Print JSON instead of text.") var json = false
     @Flag(help: "List every tensor with dtype, shape and SHA-256.") var tensors = false
     @Flag(help: "Recompute every tensor's SHA-256 and compare with the table (exit 2 on a mismatch).") var check = false
+    @Option(help: "Also write every tensor as DIR/<name>.npy float32 (f16/bf16 widened, i8/q4 dequantized), to compare with other readers.") var dump: String?
 
     func run() throws {
         try MM1PackCLI_run {
             let b = try BundleReader(path: bundle)
+            if let dump { try TensorDump.write(b, to: dump) }
             let failures = check ? b.checkAll() : nil
             if json {
                 FileHandle.standardOutput.write(Data(try InspectReport.json(b, tensors: tensors, checked: failures)))

@@ -1,3 +1,4 @@
+import CMM1Bundle
 import Foundation
 import XCTest
 
@@ -333,6 +334,54 @@ final class QuantFormatTests: XCTestCase {
         assertDequantizesExactly(try view(r, "q4"), q4, "q4")
         assertDequantizesExactly(try view(r, "i8"), i8, "i8")
         assertIdentical(try view(r, "q4").unpack(), q4, "q4")
+    }
+
+    /// The C library's `mm1b_tensor_read_f32` (portable scalar code, what other runtimes link) and the Swift
+    /// `QuantizedView` (vectorised kernels) must give the same bits, and `inspect --dump` must write exactly those.
+    func testCLibraryAndDumpAgreeWithQuantizedView() throws {
+        let tiny = Float(Float16(bitPattern: 1))
+        let edge = QuantizedTensor(spec: QuantSpec(bits: 4, groupSize: 2, scheme: .asym), shape: [2, 4],
+                                   codes: [0, 15, 8, 7, 15, 0, 3, 12], scales: [-65504, tiny, -0.0, 0.5],
+                                   zeros: [15, 0, 8, 3])
+        let tensors: [(String, QuantizedTensor)] = [
+            ("q4a", random(QuantSpec(bits: 4, groupSize: 32, scheme: .asym), [3, 40, 64], seed: 21)),
+            ("q4s", random(QuantSpec(bits: 4, groupSize: 16, scheme: .sym), [70, 48], seed: 22)),
+            ("i8", random(QuantSpec(bits: 8, groupSize: 24, scheme: .sym), [2, 33, 72], seed: 23)),
+            ("edge", edge),
+        ]
+        let floats: [Float] = [1, -0.0, tiny, 3.5e38, -7]
+        let path = try writeBundle(try tensors.map { try payload($0.0, $0.1) } + [floatPayload("f", floats)])
+        let r = try BundleReader(path: path)
+        let dumpDir = dir.appendingPathComponent("dump").path
+        XCTAssertEqual(try TensorDump.write(r, to: dumpDir), 5)
+
+        var handle: OpaquePointer?
+        var err = [CChar](repeating: 0, count: 2048)
+        XCTAssertEqual(mm1b_open(path, &handle, &err, err.count), MM1B_OK, String(cString: err))
+        defer { mm1b_close(handle) }
+        for (name, q) in tensors {
+            let swift = try view(r, name).dequantized()
+            let t = try XCTUnwrap(mm1b_find_tensor(handle, name))
+            var c = [Float](repeating: .nan, count: swift.count)
+            XCTAssertEqual(mm1b_tensor_read_f32(t, 0, UInt64(c.count), &c), MM1B_OK)
+            XCTAssertEqual(c.map(\.bitPattern), swift.map(\.bitPattern), "\(name): C library vs QuantizedView")
+            // A row range and an unaligned element range.
+            let cols = q.shape.last!
+            var row = [Float](repeating: .nan, count: cols)
+            XCTAssertEqual(mm1b_tensor_read_rows_f32(t, 1, 1, &row), MM1B_OK)
+            XCTAssertEqual(row.map(\.bitPattern), swift[cols ..< 2 * cols].map(\.bitPattern), name)
+            var part = [Float](repeating: .nan, count: min(cols + 3, swift.count - 3))
+            XCTAssertEqual(mm1b_tensor_read_f32(t, 3, UInt64(part.count), &part), MM1B_OK)
+            XCTAssertEqual(part.map(\.bitPattern), swift[3 ..< 3 + part.count].map(\.bitPattern), name)
+            XCTAssertEqual(mm1b_tensor_read_f32(t, UInt64(swift.count), 1, &part), MM1B_EINVAL, "past the end")
+
+            let dumped = try NPY.read(dumpDir + "/" + name + ".npy")
+            XCTAssertEqual(dumped.shape, q.shape, name)
+            XCTAssertEqual(dumped.data.map(\.bitPattern), swift.map(\.bitPattern), "\(name): dump")
+        }
+        let dumpedF = try NPY.read(dumpDir + "/f.npy")
+        XCTAssertEqual(dumpedF.shape, [5])
+        XCTAssertEqual(dumpedF.data.map(\.bitPattern), floats.map(\.bitPattern))
     }
 
     func testDequantizeThroughput() throws {

@@ -9,7 +9,7 @@
  * Thread safety: an opened bundle is immutable; every accessor and check function may be called concurrently.
  * Pointers returned by accessors (names, data, JSON text) are valid until mm1b_close.
  *
- * C99, depends on json-c.
+ * C99, depends on json-c and (for mm1b_section_read) libzstd.
  */
 #ifndef MM1BUNDLE_H
 #define MM1BUNDLE_H
@@ -157,6 +157,34 @@ int mm1b_check_section(const mm1b_bundle *b, const mm1b_section *s);
 /* Checks a caller-decoded buffer against a section: len must equal raw_length (else MM1B_EFORMAT) and the digest
  * must match (else MM1B_EDIGEST). */
 int mm1b_check_decoded(const mm1b_section *s, const void *decoded, size_t len);
+
+/* ---- Values (bundle.md sections 2 and 2.2). None of these checks the tensor's digest: call mm1b_check_tensor
+ * first when the file is not trusted. */
+
+/* One binary16 / bfloat16 value widened to binary32. Exact: every such value is a binary32 (NaN payloads kept). */
+float mm1b_f16_to_f32(uint16_t h);
+float mm1b_bf16_to_f32(uint16_t h);
+
+/* The tensor seen as a [R, K] row-major matrix: K is the last dimension (1 for a scalar), R the product of the
+ * others. For quantized tensors these equal quant_rows and quant_cols. */
+uint64_t mm1b_tensor_rows(const mm1b_tensor *t);
+uint64_t mm1b_tensor_cols(const mm1b_tensor *t);
+
+/* Writes elements [first, first + count) of t, in row-major order, to dst as float32: f32 copied, f16 and bf16
+ * widened exactly, i8 and q4 dequantized exactly as bundle.md section 2.2 says (one f32 multiplication per element,
+ * never fused), so the result is bit-identical to any conforming reader's. Returns MM1B_OK, or MM1B_EINVAL for a
+ * NULL argument or a range outside the tensor. */
+int mm1b_tensor_read_f32(const mm1b_tensor *t, uint64_t first, uint64_t count, float *dst);
+/* Rows [row, row + nrows) of the [R, K] view: nrows * K floats, e.g. one expert of an [E, out, in] stack is rows
+ * [e * out, (e + 1) * out). */
+int mm1b_tensor_read_rows_f32(const mm1b_tensor *t, uint64_t row, uint64_t nrows, float *dst);
+
+/* Decodes a section (raw: copies; zstd: exactly one frame, decoded into at most raw_length bytes) into dst, which
+ * must hold at least raw_length bytes, and checks the SHA-256 of the decoded bytes. Returns MM1B_OK, MM1B_EINVAL
+ * (bad argument, dst_len < raw_length), MM1B_EFORMAT (not one zstd frame, declared or decoded size other than
+ * raw_length) or MM1B_EDIGEST; err (if not NULL) then says "<file>: section '<name>': <problem>". */
+int mm1b_section_read(const mm1b_bundle *b, const mm1b_section *s, void *dst, size_t dst_len, char *err,
+                      size_t errlen);
 
 const char *mm1b_dtype_name(mm1b_dtype d);
 const char *mm1b_strerror(int code);
