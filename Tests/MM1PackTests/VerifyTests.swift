@@ -185,6 +185,27 @@ final class VerifyTests: XCTestCase {
         XCTAssertTrue(r.probes.contains { $0.tokens.image.count > 0 })
     }
 
+    func testQuantizeHoldsOutCalibrationLinesAsProbesOrStoresNone() throws {
+        let calib = TestPaths.fixture("llava-mixtral") + "/reference/probes.jsonl"
+        let all = try ProbeFile.load(calib).map(\.id)
+        var o = QuantizeOptions(recipe: try Recipe.builtIn(bits: 8))
+        o.quiet = true
+        o.calibrationPath = calib
+        o.samples = 1
+        let held = VerifyTests.work + "/held-out.mm1"
+        _ = try Quantizer.quantize(source: try VerifyTests.f32Bundle("llava-mixtral"), output: held, options: o)
+        let ref = try XCTUnwrap(try VerifyReference.load(from: BundleReader(path: held)))
+        XCTAssertEqual(ref.probes.map(\.id), Array(all.dropFirst(1).prefix(3)), "the lines after the calibration sample")
+        XCTAssertTrue(ref.source.contains("held out"), ref.source)
+        XCTAssertTrue(try Verifier.verify(held, options: VerifyTests.quiet()).passed)
+
+        o.probes = .none
+        let none = VerifyTests.work + "/no-probes.mm1"
+        _ = try Quantizer.quantize(source: try VerifyTests.f32Bundle("llava-mixtral"), output: none, options: o)
+        XCTAssertNil(try VerifyReference.load(from: BundleReader(path: none)))
+        XCTAssertFalse(try BundleReader(path: none).sections.contains { $0.name.hasPrefix("verify.") })
+    }
+
     func testBundleWithoutReferenceNeedsReference() throws {
         XCTAssertThrowsError(try Verifier.verify(try VerifyTests.f32Bundle("llama-text"), options: VerifyTests.quiet())) { e in
             XCTAssertTrue("\(e)".contains("--reference"), "\(e)")
