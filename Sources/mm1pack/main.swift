@@ -247,15 +247,8 @@ struct Logits: ParsableCommand {
             if BundleReader.looksLikeBundle(model) {
                 bundlePath = model
             } else {
-                let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mm1pack-logits-\(getpid())").path
-                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-                temp = dir
-                bundlePath = dir + "/model.mm1"
-                var o = ConvertOptions()
-                o.dtype = .f32
-                o.showProgress = !quiet
-                o.sourceDigests = false
-                _ = try Converter.convert(source: model, output: bundlePath, options: o)
+                let t = try Converter.temporaryF32Bundle(source: model, label: "logits", showProgress: !quiet)
+                (bundlePath, temp) = (t.bundle, t.directory)
             }
             defer { if let temp { try? FileManager.default.removeItem(atPath: temp) } }
             let probes = try ProbeFile.load(inputs)

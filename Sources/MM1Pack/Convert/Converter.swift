@@ -235,6 +235,24 @@ public enum Converter {
 
     // MARK: converting
 
+    /// A source checkpoint converted to an f32 bundle in a new temporary directory, for commands that run a model
+    /// straight from a checkpoint (`logits`, `verify --reference`). The caller removes `directory` when done.
+    public static func temporaryF32Bundle(source: String, label: String, showProgress: Bool) throws -> (bundle: String, directory: String) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mm1pack-\(label)-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var o = ConvertOptions()
+        o.dtype = .f32
+        o.showProgress = showProgress
+        o.sourceDigestKind = .none
+        do {
+            _ = try convert(source: source, output: dir + "/model.mm1", options: o)
+        } catch {
+            try? FileManager.default.removeItem(atPath: dir)
+            throw error
+        }
+        return (dir + "/model.mm1", dir)
+    }
+
     public static func convert(source path: String, output: String, options: ConvertOptions) throws -> ConvertReport {
         let t0 = Date()
         let opened = try open(path, layout: options.layout, missingChunksAsZeros: options.missingChunksAsZeros)

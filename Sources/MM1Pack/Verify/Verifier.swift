@@ -36,15 +36,7 @@ public enum Verifier {
         if let refPath = options.reference {
             var refBundlePath = refPath
             if !BundleReader.looksLikeBundle(refPath) {
-                let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mm1pack-verify-\(getpid())").path
-                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-                temp = dir
-                refBundlePath = dir + "/reference.mm1"
-                var o = ConvertOptions()
-                o.dtype = .f32
-                o.showProgress = !options.quiet
-                o.sourceDigestKind = .none
-                _ = try Converter.convert(source: refPath, output: refBundlePath, options: o)
+                (refBundlePath, temp) = try Converter.temporaryF32Bundle(source: refPath, label: "verify", showProgress: !options.quiet)
             }
             let refBundle = try BundleReader(path: refBundlePath)
             if temp == nil { try checkIntegrity(refBundle) }
