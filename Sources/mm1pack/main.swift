@@ -78,6 +78,7 @@ struct Convert: ParsableCommand {
                 var msg = "wrote \(output): \(r.tensors) tensors, \(Progress.bytes(r.bytes)) from layout \(r.layout) in \(String(format: "%.2f", r.seconds)) s"
                 if !r.ignored.isEmpty { msg += "; skipped \(r.ignored.count) buffer(s) (see metadata.ignored_tensors)" }
                 if !r.unused.isEmpty { msg += "; recorded \(r.unused.count) unmapped tensor(s) in metadata.unused_tensors" }
+                if let probes { msg += "; stored the f32 source's outputs on \(probes == "built-in" ? "the built-in" : probes) probes for verify" }
                 print(msg)
             }
         }

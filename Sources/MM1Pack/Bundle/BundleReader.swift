@@ -200,6 +200,12 @@ public final class BundleReader: @unchecked Sendable {
         return mm1b_check_tensor(handle, t) == MM1B_OK
     }
 
+    /// Hands a tensor's pages back to the kernel (they stay in the page cache; the next read faults them in again).
+    public func dropPages(_ tensor: BundleTensor) {
+        guard let p = tensor.data.baseAddress else { return }
+        Widen.releasePages(p, bytes: tensor.length)
+    }
+
     /// Checks the digest of the stored bytes of a raw section, or of the decoded bytes of a zstd section.
     public func checkSection(_ section: BundleSection) -> Bool {
         switch section.encoding {
@@ -212,7 +218,8 @@ public final class BundleReader: @unchecked Sendable {
     }
 
     /// Checks every tensor digest (in parallel) and every section digest. Returns the names that fail: tensor names
-    /// as is, section names as `section:<name>` (tensor names cannot contain ':'). Empty means all good.
+    /// as is, section names as `section:<name>` (tensor names cannot contain ':'). Empty means all good. Each
+    /// tensor's pages leave the resident set once it is checked, so checking a bundle larger than RAM stays cheap.
     public func checkAll() -> [String] {
         let n = tensors.count
         var ok = [Bool](repeating: false, count: n)
@@ -222,6 +229,7 @@ public final class BundleReader: @unchecked Sendable {
             DispatchQueue.concurrentPerform(iterations: n) { i in
                 let t = mm1b_tensor_at(self.handle, i)
                 base![i] = mm1b_check_tensor(self.handle, t) == MM1B_OK
+                self.dropPages(self.tensors[i])
             }
         }
         var failed = tensors.indices.filter { !ok[$0] }.map { tensors[$0].name }

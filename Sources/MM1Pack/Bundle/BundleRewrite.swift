@@ -25,6 +25,7 @@ extension BundleWriter {
             for t in bundle.tensors {
                 try writer.beginTensor(t.name)
                 try writer.write(t.data)
+                bundle.dropPages(t)
             }
             try writer.finish()
         } catch {
