@@ -561,6 +561,15 @@ def main():
     a = ap.parse_args()
     work = a.work or tempfile.mkdtemp(prefix="gguf-check-")
     os.makedirs(work, exist_ok=True)
+    try:
+        check_all(a, work)
+    finally:
+        if a.work is None:
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def check_all(a, work):
     m = a.mm1pack
     fixtures = ["llava-llama", "llama-text", "llava-mixtral", "honeybee-dense", "honeybee-moe", "axlearn-dense", "axlearn-moe"]
     for fx in fixtures:
