@@ -325,8 +325,6 @@ def tokenizer_keys(tok, l):
         tokens[a["id"]] = a["content"]
         types[a["id"]] = 3 if a.get("special") else 4
     unk = model.get("unk_token")
-    if unk in model["vocab"] and types[model["vocab"][unk]] == 1:
-        types[model["vocab"][unk]] = 2
     tokens = [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     pre = tok["pre_tokenizer"]

@@ -82,10 +82,6 @@ public enum GGUFTokenizer {
             tokens[id] = content
             types[id] = (a["special"] as? Bool ?? false) ? TokenType.control.rawValue : TokenType.userDefined.rawValue
         }
-        if let unk = model["unk_token"] as? String, let id = (vocab[unk] as? NSNumber)?.intValue, id < vocabSize,
-           types[id] == TokenType.normal.rawValue {
-            types[id] = TokenType.unknown.rawValue
-        }
         let list = tokens.enumerated().map { $0.element ?? "[PAD\($0.offset)]" }
         var merges: [String] = []
         for m in model["merges"] as? [Any] ?? [] {
