@@ -317,4 +317,41 @@ final class GGUFExportTests: XCTestCase {
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/moe.gguf"))
     }
+
+    // MARK: tokenizer
+
+    private func tokenizerKV(_ file: String, pre: String? = nil) throws -> [String: GGUFValue] {
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: TestPaths.fixture("tokenizer/" + file))))
+        let root = try JSONSerialization.jsonObject(with: Data(bytes)) as! [String: Any]
+        let vocab = (root["model"] as! [String: Any])["vocab"] as! [String: Any]
+        let added = (root["added_tokens"] as? [[String: Any]] ?? []).map { ($0["id"] as! NSNumber).intValue }
+        let n = (vocab.values.map { ($0 as! NSNumber).intValue } + added).max()! + 1
+        let kv = try GGUFTokenizer.metadata(tokenizerJSON: bytes, vocabSize: n + 3, bosTokenID: 0, eosTokenID: 1,
+                                            chatTemplate: nil, preOverride: pre, file: file)
+        return Dictionary(kv, uniquingKeysWith: { a, _ in a })
+    }
+
+    func testTokenizerMetadataFromTokenizerJSON() throws {
+        let gpt2 = try tokenizerKV("gpt2.tokenizer.json")
+        XCTAssertEqual(gpt2["tokenizer.ggml.model"], .string("gpt2"))
+        XCTAssertEqual(gpt2["tokenizer.ggml.pre"], .string("gpt-2"))
+        guard case .stringArray(let tokens)? = gpt2["tokenizer.ggml.tokens"], case .i32Array(let types)? = gpt2["tokenizer.ggml.token_type"],
+              case .stringArray(let merges)? = gpt2["tokenizer.ggml.merges"] else { return XCTFail("arrays missing") }
+        XCTAssertEqual(tokens.count, types.count)
+        XCTAssertEqual(tokens[0], "<|endoftext|>")
+        XCTAssertEqual(types[0], 3, "special added token → control")
+        XCTAssertEqual(tokens[700], "<|user|>")
+        XCTAssertEqual(types[700], 4, "non-special added token → user defined")
+        XCTAssertEqual(Array(tokens.suffix(3)), ["[PAD\(tokens.count - 3)]", "[PAD\(tokens.count - 2)]", "[PAD\(tokens.count - 1)]"])
+        XCTAssertEqual(Array(types.suffix(3)), [5, 5, 5], "fillers up to the embedding's rows → unused")
+        XCTAssertTrue(merges.allSatisfy { $0.split(separator: " ").count == 2 })
+        XCTAssertEqual(gpt2["tokenizer.ggml.bos_token_id"], .u32(0))
+
+        XCTAssertEqual(try tokenizerKV("llama3.tokenizer.json")["tokenizer.ggml.pre"], .string("llama-bpe"))
+        // A normalizer and a custom split: refused unless the user names llama.cpp's pre-tokenizer.
+        XCTAssertThrowsError(try tokenizerKV("smol.tokenizer.json")) { XCTAssertTrue("\($0)".contains("--tokenizer-pre"), "\($0)") }
+        XCTAssertEqual(try tokenizerKV("smol.tokenizer.json", pre: "smollm")["tokenizer.ggml.pre"], .string("smollm"))
+        // byte_fallback BPE is SentencePiece-style, not byte-level: refused.
+        XCTAssertThrowsError(try tokenizerKV("misc.tokenizer.json")) { XCTAssertTrue("\($0)".contains("byte_fallback"), "\($0)") }
+    }
 }
