@@ -383,6 +383,8 @@ def llm_keys(bundle, name, r, tok, requantized, requantize):
         k["general.quantization_version"] = (V.UINT32, 2)
     if tok is not None:
         k.update(tokenizer_keys(tok, l))
+    else:
+        k["tokenizer.ggml.model"] = (V.STRING, "none")
     k.update(provenance_keys(bundle, requantized, requantize))
     return k
 

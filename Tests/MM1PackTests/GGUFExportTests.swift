@@ -187,7 +187,8 @@ final class GGUFExportTests: XCTestCase {
         XCTAssertEqual(g.kv["llama.context_length"]?.value as? UInt32, 128)
         XCTAssertEqual(g.kv["general.quantization_version"]?.value as? UInt32, 2)
         XCTAssertNil(g.kv["llama.expert_count"])
-        XCTAssertNil(g.kv["tokenizer.ggml.model"], "no tokenizer.json section, so no tokenizer")
+        XCTAssertEqual(g.kv["tokenizer.ggml.model"]?.value as? String, "none", "no tokenizer.json section: llama.cpp's id-only vocabulary")
+        XCTAssertNil(g.kv["tokenizer.ggml.tokens"])
 
         let names = g.tensors.map(\.name)
         XCTAssertEqual(names, ["token_embd.weight", "blk.0.attn_norm.weight", "blk.0.attn_q.weight", "blk.0.attn_k.weight",

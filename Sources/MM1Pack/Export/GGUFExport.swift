@@ -224,6 +224,9 @@ public enum GGUFExport {
                 tokenizerJSON: try b.sectionData(named: "tokenizer.json"), vocabSize: c.vocabSize,
                 bosTokenID: ConfigLookup.int(l, "bos_token_id"), eosTokenID: ConfigLookup.int(l, "eos_token_id"),
                 chatTemplate: template, preOverride: options.tokenizerPre, file: bundlePath)
+        } else {
+            // llama.cpp needs the key; "none" loads a model that runs on token ids (llama.vocab_size of them).
+            kv.append(("tokenizer.ggml.model", .string("none")))
         }
         kv += provenance(b, requantized: requantized, options: options)
 
