@@ -411,6 +411,7 @@ def vision_keys(bundle, name, r, used):
          "clip.vision.feed_forward_length": (V.UINT32, v["intermediate_size"]),
          "clip.vision.projection_dim": (V.UINT32, c["output_size"]),
          "clip.vision.block_count": (V.UINT32, used),
+         "clip.vision.feature_layer": ([V.ARRAY, V.INT32], [used]),
          "clip.vision.attention.head_count": (V.UINT32, v["num_heads"]),
          "clip.vision.attention.layer_norm_epsilon": (V.FLOAT32, v.get("layer_norm_eps", 1e-5)),
          "clip.vision.image_mean": ([V.ARRAY, V.FLOAT32], ip["image_mean"]),
@@ -498,6 +499,71 @@ def check_forward(gguf_path, fixture):
             fail(f"{os.path.basename(gguf_path)}: probe {pr['id']}: logits from the GGUF (llama.cpp conventions) differ from the reference by {err:.2e} (relative max)")
         else:
             print(f"  forward {os.path.basename(gguf_path)} probe {pr['id']}: max rel. difference to reference logits {err:.1e}")
+
+
+def forward_mmproj(r, pixels, cls_last=False):
+    """Connector output of a clip/mmproj GGUF with projector type mlp, from the file alone: patch convolution,
+    class token and position embeddings (transformers order: class token first, or with cls_last the order of
+    llama.cpp's current llava graph), pre-LayerNorm, `clip.vision.feature_layer` blocks, post-LayerNorm if
+    present, class token dropped, mm.0 → GELU (erf) → mm.2. `pixels` is [3, S, S], normalized."""
+    from math import erf
+    kv = {k: f.contents() for k, f in r.fields.items()}
+    W = {t.name: gguf_values(t).astype(np.float64) for t in r.tensors}
+    P, E = kv["clip.vision.patch_size"], kv["clip.vision.embedding_length"]
+    H, eps = kv["clip.vision.attention.head_count"], kv["clip.vision.attention.layer_norm_epsilon"]
+    nb = kv["clip.vision.feature_layer"][-1]
+    act = (lambda v: v / (1 + np.exp(-1.702 * v))) if not kv["clip.use_gelu"] else np.vectorize(lambda v: 0.5 * v * (1 + erf(v / np.sqrt(2))))
+    gelu = np.vectorize(lambda v: 0.5 * v * (1 + erf(v / np.sqrt(2))))
+    C_, S, _ = pixels.shape
+    n = S // P
+    x = pixels.reshape(C_, n, P, n, P).transpose(1, 3, 0, 2, 4).reshape(n * n, -1) @ W["v.patch_embd.weight"].reshape(E, -1).T
+    if "v.patch_embd.bias" in W:
+        x = x + W["v.patch_embd.bias"]
+    cls = "v.class_embd" in W
+    if cls:
+        x = np.concatenate([x, W["v.class_embd"][None]]) if cls_last else np.concatenate([W["v.class_embd"][None], x])
+    x = x + W["v.position_embd.weight"]
+
+    def ln(x, g, b):
+        m = x.mean(-1, keepdims=True)
+        return (x - m) / np.sqrt(((x - m) ** 2).mean(-1, keepdims=True) + eps) * g + b
+    if "v.pre_ln.weight" in W:
+        x = ln(x, W["v.pre_ln.weight"], W["v.pre_ln.bias"])
+    for i in range(nb):
+        g = f"v.blk.{i}."
+        h = ln(x, W[g + "ln1.weight"], W[g + "ln1.bias"])
+        q, k, v = [(h @ W[g + f"attn_{c}.weight"].T + W[g + f"attn_{c}.bias"]).reshape(-1, H, E // H) for c in "qkv"]
+        sc = np.einsum("thd,shd->hts", q, k) / np.sqrt(E // H)
+        p = np.exp(sc - sc.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        x = x + np.einsum("hts,shd->thd", p, v).reshape(-1, E) @ W[g + "attn_out.weight"].T + W[g + "attn_out.bias"]
+        h = ln(x, W[g + "ln2.weight"], W[g + "ln2.bias"])
+        x = x + act(h @ W[g + "ffn_up.weight"].T + W[g + "ffn_up.bias"]) @ W[g + "ffn_down.weight"].T + W[g + "ffn_down.bias"]
+    if "v.post_ln.weight" in W:
+        x = ln(x, W["v.post_ln.weight"], W["v.post_ln.bias"])
+    if cls:
+        x = x[1:]  # llama.cpp's "patches" rows 1..n (with cls_last this drops patch 0 and keeps the class token)
+    return gelu(x @ W["mm.0.weight"].T + W["mm.0.bias"]) @ W["mm.2.weight"].T + W["mm.2.bias"]
+
+
+def check_vision_forward(gguf_path, fixture):
+    """The unquantized mmproj, run from the file alone, reproduces the fixture's reference connector output
+    (transformers) from the reference pixel values."""
+    ref = os.path.join(fixture, "reference")
+    r = GGUFReader(gguf_path)
+    for pr in (json.loads(x) for x in open(os.path.join(ref, "probes.jsonl"))):
+        if not pr.get("images") or not os.path.exists(os.path.join(ref, pr["id"] + ".pixel_values.npy")):
+            continue
+        pv = np.load(os.path.join(ref, pr["id"] + ".pixel_values.npy")).astype(np.float64)
+        want = np.load(os.path.join(ref, pr["id"] + ".connector.npy")).astype(np.float64)
+        for j in range(pv.shape[0]):
+            got = forward_mmproj(r, pv[j])
+            err = np.abs(got - want[j]).max() / np.abs(want[j]).max()
+            counts["forward"] += 1
+            if not err < 1e-4:
+                fail(f"{os.path.basename(gguf_path)}: probe {pr['id']} image {j}: connector output from the mmproj differs from the reference by {err:.2e}")
+            else:
+                print(f"  forward {os.path.basename(gguf_path)} probe {pr['id']} image {j}: max rel. difference to reference connector {err:.1e}")
 
 
 # ---------------------------------------------------------------- driver
@@ -614,13 +680,15 @@ def check_all(a, work):
                                   ["has no exact GGUF type"])
                 else:
                     check_vision(m, bp, bp[:-4] + ".mmproj.gguf")
+                    if bp == bundles[0]:
+                        check_vision_forward(bp[:-4] + ".mmproj.gguf", src)
             elif cfg.get("connector") and cfg["connector"]["kind"] != "mlp":
                 check_refused(m, bp, bp[:-4] + ".mmproj.gguf", ["--vision-out", bp[:-4] + ".mmproj.gguf"],
                               ["connector kind", "no llama.cpp projector type"])
     print(f"checked {counts['files']} GGUF files: {counts['keys']} keys, {counts['tensors']} tensors, "
           f"{counts['values']} values, {counts['blocks']} Q8_0/Q4_0/Q4_1 blocks rebuilt from codes, "
           f"{counts['ref_blocks']} blocks against ggml's reference quantizer, {counts['refusals']} refusals, "
-          f"{counts['forward']} forward passes against reference logits")
+          f"{counts['forward']} forward passes against reference logits/connector outputs")
     if failures:
         print(f"{len(failures)} failure(s)")
         sys.exit(1)

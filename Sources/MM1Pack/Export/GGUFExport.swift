@@ -297,6 +297,9 @@ public enum GGUFExport {
             ("clip.vision.feed_forward_length", .u32(UInt32(try int("intermediate_size")))),
             ("clip.vision.projection_dim", .u32(UInt32(try int("output_size", conn, "connector")))),
             ("clip.vision.block_count", .u32(UInt32(used))),
+            // llama.cpp's llava graph runs block_count − 1 blocks unless a feature layer is given: name the last
+            // block written (hidden-state index, 0 = the embeddings) so that it runs exactly the blocks written.
+            ("clip.vision.feature_layer", .i32Array([Int32(used)])),
             ("clip.vision.attention.head_count", .u32(UInt32(heads))),
             ("clip.vision.attention.layer_norm_epsilon", .f32(Float(num("layer_norm_eps", v) ?? 1e-5))),
             ("clip.vision.image_mean", .f32Array(mean.map { $0.floatValue })),
