@@ -8,6 +8,7 @@ llava-llama tokenizer cases with llama.cpp's tokenizer from the GGUF.
 Usage: check_gguf_llamacpp.py [--mm1pack .build/debug/mm1pack] [--work DIR]
 """
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -30,6 +31,30 @@ def llama_logits(path, ids):
     out = np.array(m.scores[: len(ids)], dtype=np.float64)
     m.close()
     return out
+
+
+def llama_mmproj_embeddings(model_path, mmproj_path, rgb):
+    """llama.cpp's (mtmd) image embeddings of one RGB uint8 image [H, W, 3]."""
+    from llama_cpp import mtmd_cpp as M
+    llm = llama_cpp.Llama(model_path=model_path, n_ctx=128, verbose=False, n_threads=1)
+    p = M.mtmd_context_params_default()
+    p.use_gpu, p.print_timings, p.n_threads = False, False, 1
+    ctx = M.mtmd_init_from_file(mmproj_path.encode(), llm.model, p)
+    assert ctx, "llama.cpp did not load the mmproj"
+    buf = (ctypes.c_uint8 * rgb.size).from_buffer_copy(rgb.tobytes())
+    bm = M.mtmd_bitmap_init(rgb.shape[1], rgb.shape[0], buf)
+    chunks = M.mtmd_input_chunks_init()
+    text = M.mtmd_input_text()
+    marker = M.mtmd_default_marker()
+    text.text, text.text_len, text.add_special, text.parse_special = marker, len(marker), False, True
+    assert M.mtmd_tokenize(ctx, chunks, ctypes.byref(text), (M.mtmd_bitmap_p_ctypes * 1)(bm), 1) == 0
+    for i in range(M.mtmd_input_chunks_size(chunks)):
+        ch = M.mtmd_input_chunks_get(chunks, i)
+        if M.mtmd_input_chunk_get_type(ch) != 0:
+            n = M.mtmd_input_chunk_get_n_tokens(ch)
+            assert M.mtmd_encode_chunk(ctx, ch) == 0
+            d = llm.n_embd()
+            return np.ctypeslib.as_array(M.mtmd_get_output_embd(ctx), shape=(n * d,)).reshape(n, d).copy()
 
 
 def main():
@@ -68,6 +93,24 @@ def main():
             what = "reference logits" if want is ref else "NumPy forward of the GGUF"
             print(f"{'ok  ' if ok else 'FAIL'} {os.path.basename(gp)}: llama.cpp vs {what}: max rel. diff {err:.1e}, "
                   f"argmax agree {np.mean(got.argmax(-1) == want.argmax(-1)):.2f}")
+    # mmproj: llama.cpp loads it; its output is compared with the file run in NumPy, in transformers' token order
+    # and in the order of llama.cpp's current llava graph (class token appended last: an upstream regression).
+    base = os.path.join(work, "llava-llama")
+    subprocess.run([m, "export", base + ".mm1", "--format", "gguf", "-o", base + ".gguf", "--vision-out",
+                    base + ".mmproj.gguf", "-q"], check=True)
+    r = GGUFReader(base + ".mmproj.gguf")
+    kv = {k: f.contents() for k, f in r.fields.items()}
+    mean, std = np.array(kv["clip.vision.image_mean"]), np.array(kv["clip.vision.image_std"])
+    S = kv["clip.vision.image_size"]
+    rgb = np.kron(np.random.default_rng(0).integers(0, 256, (S // 2, S // 2, 3)), np.ones((2, 2, 1))).astype(np.uint8)
+    pixels = ((rgb / 255.0 - mean) / std).transpose(2, 0, 1)
+    got = llama_mmproj_embeddings(base + ".gguf", base + ".mmproj.gguf", rgb)
+    for cls_last in (False, True):
+        want = C.forward_mmproj(r, pixels, cls_last=cls_last)
+        err = np.abs(got - want).max() / np.abs(want).max()
+        print(f"mmproj: llama.cpp vs NumPy forward of the file ({'class token last, as llama.cpp' if cls_last else 'transformers order'}): max rel. diff {err:.1e}")
+    bad += not err < 1e-3
+
     # tokenizer: llama.cpp tokenizing with the vocabulary carried over in the GGUF
     cases = json.load(open(os.path.join(ROOT, "fixtures", "tokenizer", "llava-llama.cases.json")))["cases"]
     tok = llama_cpp.Llama(model_path=os.path.join(work, "llava-llama.gguf"), vocab_only=True, verbose=False)
