@@ -419,6 +419,19 @@ public enum GGUFExport {
     /// Refuses, naming the tensor, what has no exact GGUF type when `--requantize` is not given.
     static func makePlan(_ r: GGUFTensorRecipe, _ t: BundleTensor, bundle b: BundleReader,
                          options: GGUFExportOptions) throws -> (GGUFTensorPlan, GGUFTensorRecipe.Kind) {
+        var (plan, kind) = try makePlanReadingPages(r, t, bundle: b, options: options)
+        // Once written, the tensor's pages of the bundle mapping leave the resident set (they stay in the page
+        // cache), so the process holds about one tensor of the bundle at a time, not everything it has read.
+        let produce = plan.produce
+        plan.produce = { sink in
+            try produce(sink)
+            if let p = t.data.baseAddress { Widen.releasePages(p, bytes: t.data.count) }
+        }
+        return (plan, kind)
+    }
+
+    static func makePlanReadingPages(_ r: GGUFTensorRecipe, _ t: BundleTensor, bundle b: BundleReader,
+                                     options: GGUFExportOptions) throws -> (GGUFTensorPlan, GGUFTensorRecipe.Kind) {
         func fail(_ m: String) -> MM1Error { MM1Error(file: b.path, tensor: t.name, m) }
         guard (1 ... GGUFWriter.maxDims).contains(t.shape.count) else {
             throw fail("rank \(t.shape.count) does not fit GGUF's 1 to 4 dimensions")
