@@ -8,7 +8,7 @@ struct MM1PackCLI: ParsableCommand {
         commandName: "mm1pack",
         abstract: "Convert, quantize and verify MM1-family multimodal checkpoints as one memory-mapped bundle.",
         version: Converter.toolVersion,
-        subcommands: [Convert.self, Quantize.self, Verify.self, Inspect.self, Logits.self, Synth.self, Bench.self]
+        subcommands: [Convert.self, Quantize.self, Verify.self, Inspect.self, Export.self, Logits.self, Synth.self, Bench.self]
     )
 }
 
@@ -450,6 +450,69 @@ struct Verify: ParsableCommand {
         } catch {
             unlink(tmp)
             throw MM1Error(file: path, "cannot be written: \(error.localizedDescription)")
+        }
+    }
+}
+
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a bundle's language model (and optionally its vision encoder + connector) as llama.cpp GGUF.",
+        discussion: """
+        The language model becomes a GGUF of llama.cpp's `llama` architecture (Mixtral-style experts as \
+        blk.N.ffn_*_exps), with the bundle's tokenizer.json as tokenizer.ggml.* when it is byte-level BPE. Tensor \
+        types map exactly where the layouts coincide: f32, f16, bf16 as stored; int8 sym and int4 sym with a group \
+        size that is a multiple of 32 as Q8_0 and Q4_0; int4 asym as Q4_1 when every −scale·zero is an f16. Any \
+        other quantized tensor is refused, naming it, unless --requantize says what to do. --vision-out writes the \
+        ViT and an MLP connector as a llama.cpp clip/mmproj GGUF (a C-Abstractor has no llama.cpp equivalent and is \
+        refused). formats/gguf-export.md has the name, metadata and type tables.
+
+        Examples:
+          mm1pack quantize model.mm1 -o model-q4.mm1 --recipe recipes/gguf-q4_0.json --method rtn
+          mm1pack export model-q4.mm1 --format gguf -o model-q4_0.gguf
+          mm1pack export llava.mm1 --format gguf -o llava.gguf --vision-out mmproj-llava.gguf
+        """
+    )
+
+    @Argument(help: "Bundle (.mm1).") var bundle: String
+    @Option(help: "Output format (only gguf).") var format: String = "gguf"
+    @Option(name: .shortAndLong, help: "Output GGUF for the language model.") var output: String?
+    @Option(help: "Also write the vision encoder + connector to this GGUF (llama.cpp clip/mmproj).") var visionOut: String?
+    @Option(help: "For quantized tensors without an exact GGUF type: f32 (exact dequantized values), f16, q8_0 or q4_0 (lossy; ggml's reference rounding). Default: refuse.") var requantize: String?
+    @Flag(help: "Leave the tokenizer out of the language model GGUF.") var noTokenizer = false
+    @Option(help: "tokenizer.ggml.pre to write when the pre-tokenizer is not recognised (llama.cpp's name, e.g. llama-bpe).") var tokenizerPre: String?
+    @Option(help: "general.name (default: the bundle's file name).") var name: String?
+    @Flag(name: .shortAndLong, help: "No progress output.") var quiet = false
+
+    func run() throws {
+        try MM1PackCLI_run {
+            guard format == "gguf" else { throw MM1Error("--format must be gguf (got '\(format)')") }
+            guard output != nil || visionOut != nil else { throw MM1Error("give -o for the language model and/or --vision-out") }
+            var o = GGUFExportOptions()
+            if let requantize {
+                guard let r = GGUFRequantize(rawValue: requantize) else {
+                    throw MM1Error("--requantize must be one of \(GGUFRequantize.allCases.map(\.rawValue).joined(separator: ", ")) (got '\(requantize)')")
+                }
+                o.requantize = r
+            }
+            o.tokenizer = !noTokenizer
+            o.tokenizerPre = tokenizerPre
+            o.name = name
+            o.showProgress = !quiet
+            // Both files are checked and planned before either is written.
+            let b = try BundleReader(path: bundle)
+            var jobs: [(String, GGUFPreparedExport)] = []
+            if let output { jobs.append((output, try GGUFExport.prepareLanguageModel(bundle: b, options: o))) }
+            if let visionOut { jobs.append((visionOut, try GGUFExport.prepareVision(bundle: b, options: o))) }
+            let results = try jobs.map { try $0.1.write(to: $0.0, showProgress: !quiet) }
+            if !quiet {
+                for r in results {
+                    var msg = "wrote \(r.path): \(r.tensors) tensors (\(r.exact) stored bits, \(r.widened) widened to F32"
+                    msg += r.requantized.isEmpty ? ")" : ", \(r.requantized.count) requantized to \(requantize ?? "?")"
+                    if !r.requantized.isEmpty { msg += ")" }
+                    msg += ", \(r.keys) keys, \(Progress.bytes(r.bytes)) in \(String(format: "%.2f", r.seconds)) s"
+                    print(msg)
+                }
+            }
         }
     }
 }

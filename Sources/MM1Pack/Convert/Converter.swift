@@ -149,7 +149,9 @@ public enum Converter {
             var meta = GGUFImport.metadata(reader)
             let (files, refused) = GGUFImport.tokenizerFiles(reader)
             opened.sections = files.map { BundleWriter.Section(name: $0.0, raw: $0.1) }
-            if let refused {
+            if reader.metadata["tokenizer.ggml.model"]?.stringValue == "none" {
+                meta["tokenizer_not_converted"] = "the file has no tokenizer (tokenizer.ggml.model 'none')"
+            } else if let refused {
                 meta["tokenizer_not_converted"] = refused
                 opened.warnings.append("\(path): the tokenizer was not converted (\(refused)); the bundle holds the weights only, so probes must give input_ids")
             }

@@ -76,19 +76,24 @@ public enum GGUFImport {
         if r.tensors["rope_freqs.weight"] != nil {
             throw MM1Error(file: path, tensor: "rope_freqs.weight", "per-frequency RoPE factors (Llama 3.1-style scaling stored as a tensor) are not supported")
         }
-        guard let tokens = r.metadata["tokenizer.ggml.tokens"]?.arrayValue else {
-            throw fail("has no tokenizer.ggml.tokens array, so the vocabulary size is unknown")
-        }
-        if let vs = try optInt("vocab_size"), vs != tokens.count {
-            throw fail("llama.vocab_size \(vs) differs from the \(tokens.count) entries of tokenizer.ggml.tokens")
+        // The vocabulary size: the token list's length, else llama.vocab_size (files without a tokenizer, such as
+        // mm1pack's own export of a bundle without one, where tokenizer.ggml.model is "none").
+        let tokens = r.metadata["tokenizer.ggml.tokens"]?.arrayValue
+        let vocab: Int
+        switch (tokens?.count, try optInt("vocab_size")) {
+        case let (n?, vs?) where n != vs:
+            throw fail("llama.vocab_size \(vs) differs from the \(n) entries of tokenizer.ggml.tokens")
+        case let (n?, _): vocab = n
+        case let (nil, vs?): vocab = vs
+        case (nil, nil): throw fail("has neither tokenizer.ggml.tokens nor llama.vocab_size, so the vocabulary size is unknown")
         }
         func tokenID(_ key: String) -> Any {
-            guard let v = r.metadata["tokenizer.ggml." + key]?.intValue, v < tokens.count else { return NSNull() }
+            guard let v = r.metadata["tokenizer.ggml." + key]?.intValue, v < vocab else { return NSNull() }
             return v
         }
         var llm: [String: Any] = [
             "kind": "decoder",
-            "vocab_size": tokens.count,
+            "vocab_size": vocab,
             "hidden_size": d,
             "num_layers": layers,
             "num_heads": nq,

@@ -2,6 +2,58 @@
 
 enum BuiltInRecipes {
     static let text: [String: String] = [
+        "gguf-q4_0": #"""
+{
+  "name": "gguf-q4_0",
+  "description": "For `mm1pack export --format gguf`: every bundle tensor maps exactly onto a llama.cpp type. LLM and ViT linear weights (experts included) int4 g32 sym, stored exactly as GGUF Q4_0; embedding and output head int8 g32 sym, exactly Q8_0; norms, biases, router, connector and embeddings in f16 (F16, or F32 for 1-D tensors). Use with --method rtn for blocks that are also what ggml's reference Q4_0/Q8_0 quantizer makes from the bundle's values; awq or gptq give better codes that still map bit for bit.",
+  "method": "rtn",
+  "clip_search": true,
+  "gptq": {"damp": 0.01, "block_size": 128, "act_order": true},
+  "awq": {"grid": 20},
+  "min_expert_tokens": 16,
+  "rules": [
+    {"match": "*norm*", "keep": "f16"},
+    {"match": "*.bias", "keep": "f16"},
+    {"match": "conn.*", "keep": "f16", "why": "llama.cpp's mmproj keeps projectors unquantized by default; a C-Abstractor has no GGUF form at all."},
+    {"match": "vit.patch_embed.*", "keep": "f16"},
+    {"match": "vit.pos_embed", "keep": "f16"},
+    {"match": "vit.class_embed", "keep": "f16"},
+    {"match": "llm.layers.*.moe.router.weight", "keep": "f16", "why": "Routing is a discrete top-k choice; llama.cpp's converter keeps ffn_gate_inp unquantized too."},
+    {"match": "llm.embed.weight", "bits": 8, "group_size": 32, "scheme": "sym", "method": "rtn", "why": "Q8_0: one f16 scale per 32 int8 codes, the bundle's int8 g32 sym layout."},
+    {"match": "llm.head.weight", "bits": 8, "group_size": 32, "scheme": "sym", "why": "Q8_0."},
+    {"match": "vit.blocks.*.weight", "bits": 4, "group_size": 32, "scheme": "sym", "why": "Q4_0: value (nibble − 8)·d with one f16 d per 32 elements, the bundle's int4 g32 sym layout."},
+    {"match": "llm.layers.*.weight", "bits": 4, "group_size": 32, "scheme": "sym", "why": "Q4_0."},
+    {"match": "*", "keep": "f16"}
+  ],
+  "verify": {"max_mean_kld": 0.15, "min_top1": 0.75}
+}
+"""#,
+        "gguf-q8_0": #"""
+{
+  "name": "gguf-q8_0",
+  "description": "For `mm1pack export --format gguf`: every LLM and ViT linear weight, the embedding and the head int8 g32 sym, stored exactly as GGUF Q8_0; norms, biases, router, connector and embeddings in f16 (F16, or F32 for 1-D tensors).",
+  "method": "rtn",
+  "clip_search": true,
+  "gptq": {"damp": 0.01, "block_size": 128, "act_order": true},
+  "awq": {"grid": 20},
+  "min_expert_tokens": 16,
+  "rules": [
+    {"match": "*norm*", "keep": "f16"},
+    {"match": "*.bias", "keep": "f16"},
+    {"match": "conn.*", "keep": "f16", "why": "llama.cpp's mmproj keeps projectors unquantized by default; a C-Abstractor has no GGUF form at all."},
+    {"match": "vit.patch_embed.*", "keep": "f16"},
+    {"match": "vit.pos_embed", "keep": "f16"},
+    {"match": "vit.class_embed", "keep": "f16"},
+    {"match": "llm.layers.*.moe.router.weight", "keep": "f16", "why": "Routing is a discrete top-k choice; llama.cpp's converter keeps ffn_gate_inp unquantized too."},
+    {"match": "llm.embed.weight", "bits": 8, "group_size": 32, "scheme": "sym", "method": "rtn", "why": "Q8_0: one f16 scale per 32 int8 codes, the bundle's int8 g32 sym layout."},
+    {"match": "llm.head.weight", "bits": 8, "group_size": 32, "scheme": "sym", "why": "Q8_0."},
+    {"match": "vit.blocks.*.weight", "bits": 8, "group_size": 32, "scheme": "sym", "why": "Q8_0."},
+    {"match": "llm.layers.*.weight", "bits": 8, "group_size": 32, "scheme": "sym", "why": "Q8_0."},
+    {"match": "*", "keep": "f16"}
+  ],
+  "verify": {"max_mean_kld": 0.01, "min_top1": 0.95}
+}
+"""#,
         "mm1-int4": #"""
 {
   "name": "mm1-int4",

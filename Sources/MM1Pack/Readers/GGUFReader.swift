@@ -1,74 +1,6 @@
 import CKernels
 import Foundation
 
-/// One metadata value of a GGUF file.
-public indirect enum GGUFValue: Equatable, Sendable {
-    case uint(UInt64)
-    case int(Int64)
-    case float(Double)
-    case bool(Bool)
-    case string(String)
-    case array([GGUFValue])
-
-    /// An integer value of any integer type that fits an `Int`.
-    public var intValue: Int? {
-        switch self {
-        case .uint(let v): return v <= UInt64(Int.max) ? Int(v) : nil
-        case .int(let v): return Int(exactly: v)
-        default: return nil
-        }
-    }
-
-    /// A float or integer value as a `Double`.
-    public var doubleValue: Double? {
-        switch self {
-        case .float(let v): return v
-        case .uint(let v): return Double(v)
-        case .int(let v): return Double(v)
-        default: return nil
-        }
-    }
-
-    public var stringValue: String? { if case .string(let s) = self { return s } else { return nil } }
-    public var boolValue: Bool? { if case .bool(let b) = self { return b } else { return nil } }
-    public var arrayValue: [GGUFValue]? { if case .array(let a) = self { return a } else { return nil } }
-
-    /// A short JSON-compatible rendering (arrays longer than `maxArray` become their length), for the bundle's
-    /// metadata.
-    func json(maxArray: Int) -> Any {
-        switch self {
-        case .uint(let v): return v <= UInt64(Int.max) ? Int(v) : Double(v)
-        case .int(let v): return Int(v)
-        case .float(let v): return v.isFinite ? v : String(v)
-        case .bool(let b): return b
-        case .string(let s): return s
-        case .array(let a): return a.count > maxArray ? ["array_length": a.count] : a.map { $0.json(maxArray: maxArray) }
-        }
-    }
-}
-
-/// The ggml tensor types, with the block geometry of the ones mm1pack can dequantize.
-public enum GGMLType: Sendable {
-    /// Type numbers from the GGUF specification, for names in messages.
-    static let names: [UInt32: String] = [
-        0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K",
-        11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS",
-        19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32",
-        27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
-    ]
-
-    /// (elements per block, bytes per block) of every type the reader accepts.
-    static let supported: [UInt32: (block: Int, bytes: Int)] = [
-        0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 2: (32, 18), 3: (32, 20), 12: (256, 144), 14: (256, 210),
-    ]
-
-    public static func name(_ t: UInt32) -> String { names[t] ?? "unknown type \(t)" }
-
-    static var supportedList: String {
-        supported.keys.sorted().map { name($0) }.joined(separator: ", ")
-    }
-}
-
 /// Reads a llama.cpp GGUF file (versions 2 and 3) as a `TensorSource`.
 ///
 /// The file is memory-mapped and validated when opened: magic, version, key/tensor counts bounded by the file
@@ -167,7 +99,7 @@ public final class GGUFReader: FileBackedTensorSource, @unchecked Sendable {
 
         var align = GGUFReader.defaultAlignment
         if let a = meta["general.alignment"] {
-            guard case .uint(let x) = a, x > 0, x <= 1 << 30, x & (x - 1) == 0 else {
+            guard case .u32(let x) = a, x > 0, x <= 1 << 30, x & (x - 1) == 0 else {
                 throw MM1Error(file: path, "general.alignment is \(a), not a power of two (u32)")
             }
             align = Int(x)
@@ -209,11 +141,12 @@ public final class GGUFReader: FileBackedTensorSource, @unchecked Sendable {
         var infos: [String: SourceTensorInfo] = [:]
         var byName: [String: Int] = [:]
         for r in raw {
-            guard let geo = GGMLType.supported[r.type] else {
-                throw MM1Error(file: path, tensor: r.name, "has type \(GGMLType.name(r.type)) (\(r.type)), which mm1pack cannot read (supported: \(GGMLType.supportedList))")
+            guard let type = GGMLType(rawValue: r.type) else {
+                throw MM1Error(file: path, tensor: r.name, "has type \(GGMLType.name(r.type)) (\(r.type)), which mm1pack cannot read (supported: \(GGMLType.allCases.map(\.description).joined(separator: ", ")))")
             }
+            let geo = (block: type.blockSize, bytes: type.blockBytes)
             guard r.dims[0] % geo.block == 0 else {
-                throw MM1Error(file: path, tensor: r.name, "innermost dimension \(r.dims[0]) is not a multiple of the \(GGMLType.name(r.type)) block size \(geo.block)")
+                throw MM1Error(file: path, tensor: r.name, "innermost dimension \(r.dims[0]) is not a multiple of the \(type) block size \(geo.block)")
             }
             let shape = Array(r.dims.reversed())
             guard let count = checkedElementCount(shape) else {
@@ -265,7 +198,8 @@ public final class GGUFReader: FileBackedTensorSource, @unchecked Sendable {
         }
         // Quantized: rows (along the innermost axis) are whole numbers of blocks; dequantize each row the box
         // touches and keep the columns it asks for.
-        let geo = GGMLType.supported[e.type]!
+        let type = GGMLType(rawValue: e.type)!
+        let geo = (block: type.blockSize, bytes: type.blockBytes)
         let rank = e.shape.count
         let cols = e.shape[rank - 1]
         let rowBytes = cols / geo.block * geo.bytes
@@ -382,13 +316,13 @@ private struct Cursor {
 
     mutating func value(type: UInt32, what: String, depth: Int) throws -> GGUFValue {
         switch type {
-        case 0: return .uint(UInt64(try u8(what)))
-        case 1: return .int(Int64(Int8(bitPattern: try u8(what))))
-        case 2: return .uint(UInt64(try u16(what)))
-        case 3: return .int(Int64(Int16(bitPattern: try u16(what))))
-        case 4: return .uint(UInt64(try u32(what)))
-        case 5: return .int(Int64(Int32(bitPattern: try u32(what))))
-        case 6: return .float(Double(Float(bitPattern: try u32(what))))
+        case 0: return .u8(try u8(what))
+        case 1: return .i8(Int8(bitPattern: try u8(what)))
+        case 2: return .u16(try u16(what))
+        case 3: return .i16(Int16(bitPattern: try u16(what)))
+        case 4: return .u32(try u32(what))
+        case 5: return .i32(Int32(bitPattern: try u32(what)))
+        case 6: return .f32(Float(bitPattern: try u32(what)))
         case 7:
             let b = try u8(what)
             guard b <= 1 else { throw MM1Error(file: path, "\(what): bool value \(b) is neither 0 nor 1") }
@@ -411,10 +345,15 @@ private struct Cursor {
             var out: [GGUFValue] = []
             out.reserveCapacity(Int(n))
             for i in 0..<Int(n) { out.append(try value(type: et, what: "\(what)[\(i)]", depth: depth + 1)) }
-            return .array(out)
-        case 10: return .uint(try u64(what))
-        case 11: return .int(Int64(bitPattern: try u64(what)))
-        case 12: return .float(Double(bitPattern: try u64(what)))
+            switch et {
+            case 8: return .stringArray(out.map { $0.stringValue! })
+            case 5: return .i32Array(out.map { if case .i32(let x) = $0 { return x } else { return 0 } })
+            case 6: return .f32Array(out.map { if case .f32(let x) = $0 { return x } else { return 0 } })
+            default: return .array(out)
+            }
+        case 10: return .u64(try u64(what))
+        case 11: return .i64(Int64(bitPattern: try u64(what)))
+        case 12: return .f64(Double(bitPattern: try u64(what)))
         default:
             throw MM1Error(file: path, "\(what): unknown value type \(type) at offset \(position - 4)")
         }
