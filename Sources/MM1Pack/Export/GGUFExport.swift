@@ -197,21 +197,8 @@ public enum GGUFExport {
             })
             kinds.append(.exact)
         }
-        for r in recipes {
-            guard let t = b.tensor(named: r.canonical) else {
-                throw MM1Error(file: bundlePath, tensor: r.canonical, "missing from the bundle (the config requires it)")
-            }
-            let (plan, kind) = try makePlan(r, t, bundle: b, options: options)
-            plans.append(plan)
-            kinds.append(kind)
-            if kind == .requantized { requantized.append(r.canonical) }
-        }
-
-        // File type: the type of the majority of weight elements (llama.cpp shows it; it does not read tensors by it).
-        kv.append(("general.file_type", .u32(fileType(plans))))
-        if plans.contains(where: { $0.type == .q4_0 || $0.type == .q4_1 || $0.type == .q8_0 }) {
-            kv.append(("general.quantization_version", .u32(2)))
-        }
+        try planTensors(recipes, bundle: b, bundlePath: bundlePath, options: options, plans: &plans, kinds: &kinds,
+                        requantized: &requantized, kv: &kv)
 
         if options.tokenizer, b.section(named: "tokenizer.json") != nil {
             let l = b.config["llm"] as? [String: Any] ?? [:]
@@ -331,19 +318,8 @@ public enum GGUFExport {
         var plans: [GGUFTensorPlan] = []
         var kinds: [GGUFTensorRecipe.Kind] = []
         var requantized: [String] = []
-        for r in recipes {
-            guard let t = b.tensor(named: r.canonical) else {
-                throw MM1Error(file: bundlePath, tensor: r.canonical, "missing from the bundle (the config requires it)")
-            }
-            let (plan, k) = try makePlan(r, t, bundle: b, options: options)
-            plans.append(plan)
-            kinds.append(k)
-            if k == .requantized { requantized.append(r.canonical) }
-        }
-        kv.append(("general.file_type", .u32(fileType(plans))))
-        if plans.contains(where: { $0.type == .q4_0 || $0.type == .q4_1 || $0.type == .q8_0 }) {
-            kv.append(("general.quantization_version", .u32(2)))
-        }
+        try planTensors(recipes, bundle: b, bundlePath: bundlePath, options: options, plans: &plans, kinds: &kinds,
+                        requantized: &requantized, kv: &kv)
         kv += provenance(b, requantized: requantized, options: options)
         return GGUFPreparedExport(bundle: b, metadata: kv, tensors: plans, kinds: kinds, requantized: requantized, label: "export mmproj")
     }
@@ -370,6 +346,26 @@ public enum GGUFExport {
             kv.append(("mm1pack.requantized_tensors", .stringArray(requantized)))
         }
         return kv
+    }
+
+    /// Plans every tensor of `recipes` in order (type mapping, refusals, requantization) and adds the file-type
+    /// keys: the type of the majority of weight elements (llama.cpp shows it; it does not read tensors by it).
+    static func planTensors(_ recipes: [GGUFTensorRecipe], bundle b: BundleReader, bundlePath: String,
+                            options: GGUFExportOptions, plans: inout [GGUFTensorPlan], kinds: inout [GGUFTensorRecipe.Kind],
+                            requantized: inout [String], kv: inout [(String, GGUFValue)]) throws {
+        for r in recipes {
+            guard let t = b.tensor(named: r.canonical) else {
+                throw MM1Error(file: bundlePath, tensor: r.canonical, "missing from the bundle (the config requires it)")
+            }
+            let (plan, kind) = try makePlan(r, t, bundle: b, options: options)
+            plans.append(plan)
+            kinds.append(kind)
+            if kind == .requantized { requantized.append(r.canonical) }
+        }
+        kv.append(("general.file_type", .u32(fileType(plans))))
+        if plans.contains(where: { $0.type == .q4_0 || $0.type == .q4_1 || $0.type == .q8_0 }) {
+            kv.append(("general.quantization_version", .u32(2)))
+        }
     }
 
     static func fileType(_ plans: [GGUFTensorPlan]) -> UInt32 {
