@@ -111,6 +111,7 @@ public final class BundleWriter {
     }
 
     deinit {
+        _ = background.wait()
         buffer.deallocate()
         if sourceFD >= 0 { close(sourceFD) }
         if !finished {
@@ -121,6 +122,8 @@ public final class BundleWriter {
 
     /// Abandons the output: the temporary file is removed and nothing appears at the final path.
     public func abort() {
+        // Background hashers read the caller's mapping: they must be done before the caller may unmap it.
+        _ = background.wait()
         guard !finished else { return }
         finished = true
         close(fd)
@@ -139,6 +142,7 @@ public final class BundleWriter {
         try zeros(offsets[current] - (filePos + buffered - dataOffset))
         written = 0
         hasher = SHA256()
+        hasherUsed = false
     }
 
     /// Appends bytes to the current tensor.
@@ -148,6 +152,8 @@ public final class BundleWriter {
         guard written <= entries[current].length else {
             throw MM1Error(file: finalPath, tensor: entries[current].name, "more bytes than its declared length \(entries[current].length)")
         }
+        hashPendingNow()
+        hasherUsed = true
         if bytes.count >= BundleWriter.parallelHashBytes {
             try hashing(bytes) { try append(bytes) }
         } else {
@@ -157,8 +163,10 @@ public final class BundleWriter {
     }
 
     /// Appends a tensor's bytes that are stored unchanged in a source file: the kernel copies them file to file
-    /// (copy_file_range, as `cp` does) while another thread hashes them from `bytes`, the same bytes seen through
-    /// the source's memory map. Falls back to an ordinary write where the kernel cannot copy.
+    /// (copy_file_range, as `cp` does), and the tensor's digest is computed from `bytes`, the same bytes seen
+    /// through the source's memory map, by a background thread once the tensor is complete (one thread per core,
+    /// several tensors at once), while the next tensors are copied. `bytes` must therefore stay mapped until
+    /// `tensorDigests`, `finish` or `abort` returns. Falls back to an ordinary write where the kernel cannot copy.
     public func write(copying range: FileRange, bytes: UnsafeRawBufferPointer) throws {
         guard range.length == bytes.count else { throw MM1Error(file: range.path, "internal error: range and bytes differ in length") }
         guard current >= 0 else { throw MM1Error(file: finalPath, "data written before any tensor") }
@@ -170,11 +178,71 @@ public final class BundleWriter {
             return
         }
         try flush()
-        let copied = try hashing(bytes) { try kernelCopy(range) }
+        let copied = try kernelCopy(range)
         written += bytes.count
         if !copied {
             kernelCopyWorks = false
             try append(bytes)
+        }
+        // The bytes stay readable (they are the source's mapping, which the caller keeps until `finish`), so the
+        // digest is computed later, on another core, while the next tensors are copied.
+        pending.append(bytes)
+    }
+
+    // MARK: digests computed in the background
+
+    /// Chunks of the current tensor that arrived through `write(copying:)` and are not hashed yet.
+    private var pending: [UnsafeRawBufferPointer] = []
+    /// Whether the current tensor's hasher has seen bytes (then pending chunks must be hashed in order, here).
+    private var hasherUsed = false
+    private let background = BackgroundHashes(slots: ProcessInfo.processInfo.activeProcessorCount)
+
+    /// Hashes the pending chunks on this thread, in order (before bytes that are not kept).
+    private func hashPendingNow() {
+        guard !pending.isEmpty else { return }
+        for c in pending { hasher.update(bufferPointer: c) }
+        pending.removeAll()
+        hasherUsed = true
+    }
+
+    /// Waits for every background digest and puts it in the table.
+    private func waitForDigests() {
+        for (i, d) in background.wait() { digests[i] = d }
+    }
+
+    /// Tensors hashed on other threads: at most `slots` at once (the submitter waits for a free one, which bounds
+    /// the work in flight), each digest kept under its table index until `wait`.
+    private final class BackgroundHashes: @unchecked Sendable {
+        private let group = DispatchGroup()
+        private let slots: DispatchSemaphore
+        private let lock = NSLock()
+        private var digests: [Int: String] = [:]
+
+        init(slots n: Int) { slots = DispatchSemaphore(value: max(1, n)) }
+
+        /// `chunks` are read-only views of a mapping the caller keeps until `wait` returns.
+        func submit(tensor index: Int, chunks: [UnsafeRawBufferPointer]) {
+            slots.wait()
+            group.enter()
+            nonisolated(unsafe) let views = chunks
+            DispatchQueue.global(qos: .userInitiated).async { [self] in
+                var h = SHA256()
+                for c in views { h.update(bufferPointer: c) }
+                let d = hex(h.finalize())
+                lock.lock()
+                digests[index] = d
+                lock.unlock()
+                slots.signal()
+                group.leave()
+            }
+        }
+
+        /// Waits for every submitted tensor; returns (and forgets) their digests.
+        func wait() -> [Int: String] {
+            group.wait()
+            lock.lock()
+            defer { digests.removeAll(); lock.unlock() }
+            return digests
         }
     }
 
@@ -243,6 +311,13 @@ public final class BundleWriter {
         guard written == entries[current].length else {
             throw MM1Error(file: finalPath, tensor: entries[current].name, "wrote \(written) bytes, declared \(entries[current].length)")
         }
+        if !pending.isEmpty && !hasherUsed {
+            digests.append("")
+            background.submit(tensor: current, chunks: pending)
+            pending.removeAll()
+            return
+        }
+        hashPendingNow()
         digests.append(hex(hasher.finalize()))
     }
 
@@ -250,6 +325,7 @@ public final class BundleWriter {
     /// Available before `finish`, so that digests derived from them can go into the header.
     public func tensorDigests() throws -> [String] {
         try endTensorIfNeeded()
+        waitForDigests()
         guard digests.count == entries.count else {
             throw MM1Error(file: finalPath, "only \(digests.count) of \(entries.count) tensors were written")
         }
@@ -264,6 +340,7 @@ public final class BundleWriter {
     /// Writes the sections and the header, flushes, and renames the file into place.
     public func finish() throws {
         try endTensorIfNeeded()
+        waitForDigests()
         guard digests.count == entries.count else {
             throw MM1Error(file: finalPath, "only \(digests.count) of \(entries.count) tensors were written")
         }

@@ -1,0 +1,61 @@
+import Crypto
+import Foundation
+import XCTest
+@testable import MM1Pack
+
+/// Tensors written with `write(copying:)` are hashed in the background after they are complete; the fixtures'
+/// tensors are too small for that path (under 1 MB), so this test writes large ones: whole, in several chunks,
+/// mixed with bytes that are not kept, and with pages dropped by the caller right after writing, as the converter
+/// does.
+final class BundleWriterTests: XCTestCase {
+    func testBackgroundDigestsEqualTheBytesDigests() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mm1pack-writer-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let mb = 1 << 20
+        var rng = SplitMix64(state: 42)
+        let source = (0..<(13 * mb)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        try Data(source).write(to: URL(fileURLWithPath: dir + "/source.bin"))
+        let map = try MappedFile(path: dir + "/source.bin")
+        func range(_ o: Int, _ n: Int) -> FileRange { FileRange(path: dir + "/source.bin", offset: o, length: n) }
+
+        // name, length, how: whole copy / 3 copied chunks / copied chunk then a transient one / transient.
+        let plan: [(String, Int, Int, String)] = [
+            ("a", 0, 3 * mb, "whole"), ("b", 3 * mb, 4 * mb, "chunks"), ("c", 7 * mb, 2 * mb + 8, "mixed"),
+            ("d", 9 * mb + 64, mb, "transient"), ("e", 10 * mb + 128, 3 * mb - 128, "whole"),
+        ]
+        // f32 tensors: lengths are whole numbers of 4-byte elements.
+        let tensors = plan.map { BundleWriter.TensorEntry(name: $0.0, dtype: "f32", shape: [$0.2 / 4], length: $0.2) }
+        let w = try BundleWriter(path: dir + "/out.mm1", tensors: tensors, sections: [], config: [:], provenance: [:], metadata: [:])
+        for (name, off, n, how) in plan {
+            try w.beginTensor(name)
+            let bytes = map.slice(offset: off, length: n)
+            switch how {
+            case "whole":
+                try w.write(copying: range(off, n), bytes: bytes)
+            case "chunks":
+                let third = n / 3 / 4 * 4
+                for (o, k) in [(0, third), (third, third), (2 * third, n - 2 * third)] {
+                    try w.write(copying: range(off + o, k), bytes: UnsafeRawBufferPointer(rebasing: bytes[o..<(o + k)]))
+                }
+            case "mixed":
+                let half = n / 2 / 4 * 4
+                try w.write(copying: range(off, half), bytes: UnsafeRawBufferPointer(rebasing: bytes[0..<half]))
+                let copy = [UInt8](bytes[half..<n])
+                try copy.withUnsafeBytes { try w.write($0) }
+            default:
+                let copy = [UInt8](bytes)
+                try copy.withUnsafeBytes { try w.write($0) }
+            }
+            map.dropPages(offset: off, length: n)
+        }
+        let digests = try w.tensorDigests()
+        try w.finish()
+        for (i, (_, off, n, how)) in plan.enumerated() {
+            XCTAssertEqual(digests[i], hex(SHA256.hash(data: source[off..<(off + n)])), how)
+        }
+        let b = try BundleReader(path: dir + "/out.mm1")
+        XCTAssertEqual(b.checkAll(), [])
+        XCTAssertEqual(b.tensors.map(\.sha256), digests)
+    }
+}
