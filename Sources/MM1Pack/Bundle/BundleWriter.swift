@@ -220,14 +220,20 @@ public final class BundleWriter {
 
         init(slots n: Int) { slots = DispatchSemaphore(value: max(1, n)) }
 
-        /// `chunks` are read-only views of a mapping the caller keeps until `wait` returns.
+        /// `chunks` are read-only views of a file mapping the caller keeps until `wait` returns; their pages are
+        /// dropped from the resident set once hashed.
         func submit(tensor index: Int, chunks: [UnsafeRawBufferPointer]) {
             slots.wait()
             group.enter()
             nonisolated(unsafe) let views = chunks
             DispatchQueue.global(qos: .userInitiated).async { [self] in
                 var h = SHA256()
-                for c in views { h.update(bufferPointer: c) }
+                for c in views {
+                    h.update(bufferPointer: c)
+                    // The caller may already have dropped these pages; hashing faulted them back in. Drop them
+                    // again, or the whole source would end up resident.
+                    if let p = c.baseAddress { Widen.releasePages(p, bytes: c.count) }
+                }
                 let d = hex(h.finalize())
                 lock.lock()
                 digests[index] = d
