@@ -58,4 +58,36 @@ final class BundleWriterTests: XCTestCase {
         XCTAssertEqual(b.checkAll(), [])
         XCTAssertEqual(b.tensors.map(\.sha256), digests)
     }
+
+    /// A check that fails on a background-hashed tensor is thrown when the digests are collected (the first
+    /// failing tensor in table order), and the aborted output leaves no file.
+    func testBackgroundCheckFailureIsThrownAndLeavesNoFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mm1pack-writer-check-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let n = 3 << 20
+        var floats = [Float](repeating: 1, count: 3 * n / 4)
+        floats[n / 4 + 100_003] = .nan  // in the second tensor, past its first 256 KB piece
+        floats[2 * n / 4 + 7] = .nan    // and in the third
+        try floats.withUnsafeBytes { try Data($0).write(to: URL(fileURLWithPath: dir + "/source.bin")) }
+        let map = try MappedFile(path: dir + "/source.bin")
+        let tensors = ["a", "b", "c"].map { BundleWriter.TensorEntry(name: $0, dtype: "f32", shape: [n / 4], length: n) }
+        let w = try BundleWriter(path: dir + "/out.mm1", tensors: tensors, sections: [], config: [:], provenance: [:], metadata: [:])
+        for (i, name) in ["a", "b", "c"].enumerated() {
+            try w.beginTensor(name)
+            let bytes = map.slice(offset: i * n, length: n)
+            let start = Int(bitPattern: bytes.baseAddress!)
+            try w.write(copying: FileRange(path: dir + "/source.bin", offset: i * n, length: n), bytes: bytes) { piece in
+                let p = piece.bindMemory(to: Float.self)
+                if let bad = p.firstIndex(where: { $0.isNaN }) {
+                    throw MM1Error(tensor: name, "element \((Int(bitPattern: piece.baseAddress!) - start) / 4 + bad) is NaN")
+                }
+            }
+        }
+        XCTAssertThrowsError(try w.tensorDigests()) { e in
+            XCTAssertEqual(e as? MM1Error, MM1Error(tensor: "b", "element 100003 is NaN"))
+        }
+        w.abort()
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["source.bin"])
+    }
 }

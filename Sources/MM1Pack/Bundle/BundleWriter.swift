@@ -152,7 +152,7 @@ public final class BundleWriter {
         guard written <= entries[current].length else {
             throw MM1Error(file: finalPath, tensor: entries[current].name, "more bytes than its declared length \(entries[current].length)")
         }
-        hashPendingNow()
+        try hashPendingNow()
         hasherUsed = true
         if bytes.count >= BundleWriter.parallelHashBytes {
             try hashing(bytes) { try append(bytes) }
@@ -167,13 +167,18 @@ public final class BundleWriter {
     /// through the source's memory map, by a background thread once the tensor is complete (one thread per core,
     /// several tensors at once), while the next tensors are copied. `bytes` must therefore stay mapped until
     /// `tensorDigests`, `finish` or `abort` returns. Falls back to an ordinary write where the kernel cannot copy.
-    public func write(copying range: FileRange, bytes: UnsafeRawBufferPointer) throws {
+    ///
+    /// `check` validates the bytes (the converter refuses NaN and Inf) in the same pass over them as the digest, on
+    /// the background thread for large tensors; its error is then thrown by `tensorDigests` or `finish`, and the
+    /// output never appears.
+    public func write(copying range: FileRange, bytes: UnsafeRawBufferPointer, check: ByteCheck? = nil) throws {
         guard range.length == bytes.count else { throw MM1Error(file: range.path, "internal error: range and bytes differ in length") }
         guard current >= 0 else { throw MM1Error(file: finalPath, "data written before any tensor") }
         guard written + bytes.count <= entries[current].length else {
             throw MM1Error(file: finalPath, tensor: entries[current].name, "more bytes than its declared length \(entries[current].length)")
         }
         if !kernelCopyWorks || bytes.count < BundleWriter.parallelHashBytes {
+            try check?(bytes)
             try write(bytes)
             return
         }
@@ -186,28 +191,43 @@ public final class BundleWriter {
         }
         // The bytes stay readable (they are the source's mapping, which the caller keeps until `finish`), so the
         // digest is computed later, on another core, while the next tensors are copied.
-        pending.append(bytes)
+        pending.append(Chunk(bytes: bytes, check: check))
+    }
+
+    /// Validates a chunk of a tensor's bytes; throws to refuse the tensor.
+    public typealias ByteCheck = @Sendable (UnsafeRawBufferPointer) throws -> Void
+
+    /// Bytes of the current tensor kept for hashing, with the check still to run on them.
+    struct Chunk: @unchecked Sendable {
+        let bytes: UnsafeRawBufferPointer
+        let check: ByteCheck?
     }
 
     // MARK: digests computed in the background
 
     /// Chunks of the current tensor that arrived through `write(copying:)` and are not hashed yet.
-    private var pending: [UnsafeRawBufferPointer] = []
+    private var pending: [Chunk] = []
     /// Whether the current tensor's hasher has seen bytes (then pending chunks must be hashed in order, here).
     private var hasherUsed = false
     private let background = BackgroundHashes(slots: ProcessInfo.processInfo.activeProcessorCount)
 
-    /// Hashes the pending chunks on this thread, in order (before bytes that are not kept).
-    private func hashPendingNow() {
+    /// Checks and hashes the pending chunks on this thread, in order (before bytes that are not kept).
+    private func hashPendingNow() throws {
         guard !pending.isEmpty else { return }
-        for c in pending { hasher.update(bufferPointer: c) }
+        let chunks = pending
         pending.removeAll()
         hasherUsed = true
+        for c in chunks {
+            try c.check?(c.bytes)
+            hasher.update(bufferPointer: c.bytes)
+        }
     }
 
-    /// Waits for every background digest and puts it in the table.
-    private func waitForDigests() {
-        for (i, d) in background.wait() { digests[i] = d }
+    /// Waits for every background digest and puts it in the table; throws the first tensor's check failure.
+    private func waitForDigests() throws {
+        let (done, failure) = background.wait()
+        for (i, d) in done { digests[i] = d }
+        if let failure { throw failure }
     }
 
     /// Tensors hashed on other threads: at most `slots` at once (the submitter waits for a free one, which bounds
@@ -217,38 +237,48 @@ public final class BundleWriter {
         private let slots: DispatchSemaphore
         private let lock = NSLock()
         private var digests: [Int: String] = [:]
+        private var failures: [Int: Error] = [:]
 
         init(slots n: Int) { slots = DispatchSemaphore(value: max(1, n)) }
 
-        /// `chunks` are read-only views of a file mapping the caller keeps until `wait` returns; their pages are
-        /// dropped from the resident set once hashed.
-        func submit(tensor index: Int, chunks: [UnsafeRawBufferPointer]) {
+        /// `chunks` view a file mapping the caller keeps until `wait` returns. Each chunk is checked and hashed in
+        /// one pass, then its pages are dropped from the resident set.
+        func submit(tensor index: Int, chunks: [Chunk]) {
             slots.wait()
             group.enter()
-            nonisolated(unsafe) let views = chunks
             DispatchQueue.global(qos: .userInitiated).async { [self] in
                 var h = SHA256()
-                for c in views {
-                    h.update(bufferPointer: c)
+                var failure: Error?
+                for c in chunks {
+                    // Check and hash a few MB at a time, so that the bytes are read from memory once for both.
+                    var at = 0
+                    while at < c.bytes.count && failure == nil {
+                        let piece = UnsafeRawBufferPointer(rebasing: c.bytes[at..<min(c.bytes.count, at + BundleWriter.checkPieceBytes)])
+                        do { try c.check?(piece) } catch { failure = error }
+                        h.update(bufferPointer: piece)
+                        at += piece.count
+                    }
                     // The caller may already have dropped these pages; hashing faulted them back in. Drop them
                     // again, or the whole source would end up resident.
-                    if let p = c.baseAddress { Widen.releasePages(p, bytes: c.count) }
+                    if let p = c.bytes.baseAddress { Widen.releasePages(p, bytes: c.bytes.count) }
                 }
                 let d = hex(h.finalize())
                 lock.lock()
                 digests[index] = d
+                if let failure { failures[index] = failure }
                 lock.unlock()
                 slots.signal()
                 group.leave()
             }
         }
 
-        /// Waits for every submitted tensor; returns (and forgets) their digests.
-        func wait() -> [Int: String] {
+        /// Waits for every submitted tensor; returns (and forgets) their digests, and the check failure of the
+        /// first failing tensor in table order.
+        func wait() -> (digests: [Int: String], failure: Error?) {
             group.wait()
             lock.lock()
-            defer { digests.removeAll(); lock.unlock() }
-            return digests
+            defer { digests.removeAll(); failures.removeAll(); lock.unlock() }
+            return (digests, failures.keys.min().map { failures[$0]! })
         }
     }
 
@@ -302,6 +332,10 @@ public final class BundleWriter {
     /// Chunks at least this large are hashed on a second thread while they are written.
     static let parallelHashBytes = 1 << 20
 
+    /// Background checks and hashing walk a tensor in pieces this large (they stay in the CPU caches between the
+    /// check and the hash).
+    static let checkPieceBytes = 256 << 10
+
     /// Hands the hasher and the chunk to the hashing thread; the caller waits for it before touching either.
     private final class HasherBox: @unchecked Sendable {
         var hasher: SHA256
@@ -323,7 +357,7 @@ public final class BundleWriter {
             pending.removeAll()
             return
         }
-        hashPendingNow()
+        try hashPendingNow()
         digests.append(hex(hasher.finalize()))
     }
 
@@ -331,7 +365,7 @@ public final class BundleWriter {
     /// Available before `finish`, so that digests derived from them can go into the header.
     public func tensorDigests() throws -> [String] {
         try endTensorIfNeeded()
-        waitForDigests()
+        try waitForDigests()
         guard digests.count == entries.count else {
             throw MM1Error(file: finalPath, "only \(digests.count) of \(entries.count) tensors were written")
         }
@@ -346,7 +380,7 @@ public final class BundleWriter {
     /// Writes the sections and the header, flushes, and renames the file into place.
     public func finish() throws {
         try endTensorIfNeeded()
-        waitForDigests()
+        try waitForDigests()
         guard digests.count == entries.count else {
             throw MM1Error(file: finalPath, "only \(digests.count) of \(entries.count) tensors were written")
         }

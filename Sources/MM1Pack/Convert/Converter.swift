@@ -397,11 +397,17 @@ public enum Converter {
                 if loops.count <= 1 && (loops.first?.stride ?? 1) == 1 {
                     // Contiguous and unconverted: check, hash and write straight from the mapping.
                     let bytes = UnsafeRawBufferPointer(rebasing: mapped[(base * dtype.byteSize)..<((base + count) * dtype.byteSize)])
-                    try checkFinite(bytes.baseAddress!, count: count, dtype: dtype, source: info, rows: r0..<(r0 + n), name: name)
                     if let fileSource = source as? FileBackedTensorSource, let range = fileSource.fileRange(part.source) {
                         let sub = FileRange(path: range.path, offset: range.offset + base * dtype.byteSize, length: bytes.count)
-                        try writer.write(copying: sub, bytes: bytes)
+                        // The writer runs the check in the same pass as the digest, on another core for large
+                        // tensors; a failure surfaces when the digests are collected, before the file is complete.
+                        let rows = r0..<(r0 + n), chunkStart = Int(bitPattern: bytes.baseAddress!)
+                        try writer.write(copying: sub, bytes: bytes) { piece in
+                            try checkFinite(piece.baseAddress!, count: piece.count / dtype.byteSize, dtype: dtype, source: info,
+                                            rows: rows, name: name, firstElement: (Int(bitPattern: piece.baseAddress!) - chunkStart) / dtype.byteSize)
+                        }
                     } else {
+                        try checkFinite(bytes.baseAddress!, count: count, dtype: dtype, source: info, rows: r0..<(r0 + n), name: name)
                         try writer.write(bytes)
                     }
                     progress(bytes.count)
@@ -433,10 +439,13 @@ public enum Converter {
 
 extension Converter {
     /// Refuses NaN and ±Inf (and finite values that overflowed when narrowing), naming where they are.
+    /// `p` holds `count` elements of rows `rows`, starting at element `firstElement` of those rows (a piece checked
+    /// on its own), so that the message gives the element's index within the rows.
     static func checkFinite(_ p: UnsafeRawPointer, count: Int, dtype: DType, source info: SourceTensorInfo,
-                            rows: Range<Int>, name: String) throws {
-        guard let bad = ElementCopy.firstNonFinite(p, count: count, dtype: dtype) else { return }
-        let value = ElementCopy.value(p, index: bad, dtype: dtype)
+                            rows: Range<Int>, name: String, firstElement: Int = 0) throws {
+        guard let found = ElementCopy.firstNonFinite(p, count: count, dtype: dtype) else { return }
+        let value = ElementCopy.value(p, index: found, dtype: dtype)
+        let bad = firstElement + found
         let why = value.isNaN ? "NaN" : (dtype != info.dtype ? "\(value) (a value too large for \(dtype.rawValue), or ±Inf in the source)" : "\(value)")
         throw MM1Error(file: info.file, tensor: info.name,
                        "element \(bad) of rows \(rows.lowerBound)..<\(rows.upperBound) (canonical '\(name)') is \(why); a bundle never stores NaN or Inf")
