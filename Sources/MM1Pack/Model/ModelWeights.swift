@@ -99,8 +99,10 @@ public final class ModelWeights: @unchecked Sendable {
             guard offset % v.cols == 0, n % v.cols == 0 else {
                 throw MM1Error(file: bundle.path, tensor: name, "quantized tensor read at element \(offset) (+\(n)), not on a row boundary")
             }
+            let rows = (offset / v.cols)..<((offset + n) / v.cols)
             return try ScratchPool.shared.with(max(1, n)) { buf in
-                v.dequantize(rows: (offset / v.cols)..<((offset + n) / v.cols), into: buf)
+                v.dequantize(rows: rows, into: buf)
+                v.releasePages(rows: rows)
                 return try body(buf)
             }
         }

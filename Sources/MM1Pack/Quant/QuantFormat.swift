@@ -220,6 +220,16 @@ public struct QuantizedView: @unchecked Sendable {
         }
     }
 
+    /// Drops the pages holding rows `r` (codes, scales and zeros) from the resident set, as `Widen` does for float
+    /// tensors once read: the mapping is read-only, so the next read faults them in again from the page cache.
+    public func releasePages(rows r: Range<Int>) {
+        guard !r.isEmpty else { return }
+        let codeBytes = spec.bits == 8 ? cols : cols / 2, groupBytes = groupsPerRow * 2
+        Widen.releasePages(codes + r.lowerBound * codeBytes, bytes: r.count * codeBytes)
+        Widen.releasePages(scales + r.lowerBound * groupBytes, bytes: r.count * groupBytes)
+        if let zeros { Widen.releasePages(zeros + r.lowerBound * groupBytes, bytes: r.count * groupBytes) }
+    }
+
     /// All values as f32, [rows, cols] row-major.
     public func dequantized() -> [Float] {
         let n = rows * cols
