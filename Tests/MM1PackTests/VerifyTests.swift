@@ -249,12 +249,7 @@ final class VerifyTests: XCTestCase {
     /// numbers betray it.
     static func resealedCopy(_ src: String, _ dst: String, tensor name: String, edit: (inout [UInt8], BundleTensor) -> Void) throws {
         let b = try BundleReader(path: src)
-        let entries = b.tensors.map { t in
-            BundleWriter.TensorEntry(name: t.name, dtype: t.dtypeName, shape: t.shape, length: t.length,
-                                     quant: t.quantJSON.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] })
-        }
-        let sections = try b.sections.map { BundleWriter.Section(name: $0.name, raw: try b.sectionData(named: $0.name)) }
-        let w = try BundleWriter(path: dst, tensors: entries, sections: sections, config: b.config, provenance: b.provenance, metadata: b.metadata)
+        let w = try BundleWriter(path: dst, tensors: b.tensors.map(BundleWriter.TensorEntry.init), sections: try BundleWriter.Section.all(of: b), config: b.config, provenance: b.provenance, metadata: b.metadata)
         for t in b.tensors {
             try w.beginTensor(t.name)
             var bytes = [UInt8](t.data)

@@ -11,15 +11,8 @@ extension BundleWriter {
             throw MM1Error(file: bundle.path, "checksum mismatch in \(failed.joined(separator: ", ")); not rewriting a damaged bundle")
         }
         let replaced = Set(sections.map(\.name))
-        var all = try bundle.sections.filter { !replaced.contains($0.name) }.map {
-            Section(name: $0.name, raw: try bundle.sectionData(named: $0.name))
-        }
-        all += sections
-        let entries = bundle.tensors.map { t -> TensorEntry in
-            let q = t.quantJSON.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-            return TensorEntry(name: t.name, dtype: t.dtypeName, shape: t.shape, length: t.length, quant: q)
-        }
-        let writer = try BundleWriter(path: path, tensors: entries, sections: all, config: bundle.config,
+        let all = try Section.all(of: bundle).filter { !replaced.contains($0.name) } + sections
+        let writer = try BundleWriter(path: path, tensors: bundle.tensors.map(TensorEntry.init), sections: all, config: bundle.config,
                                       provenance: bundle.provenance, metadata: bundle.metadata)
         do {
             for t in bundle.tensors {
@@ -32,5 +25,20 @@ extension BundleWriter {
             writer.abort()
             throw error
         }
+    }
+}
+
+extension BundleWriter.TensorEntry {
+    /// The table entry of a tensor as another bundle stores it (same name, dtype, shape, length, quant object).
+    public init(_ t: BundleTensor) {
+        let q = t.quantJSON.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        self.init(name: t.name, dtype: t.dtypeName, shape: t.shape, length: t.length, quant: q)
+    }
+}
+
+extension BundleWriter.Section {
+    /// Every section of a bundle, decoded (and digest-checked), in table order.
+    public static func all(of bundle: BundleReader) throws -> [BundleWriter.Section] {
+        try bundle.sections.map { BundleWriter.Section(name: $0.name, raw: try bundle.sectionData(named: $0.name)) }
     }
 }

@@ -15,7 +15,7 @@ extension Quantizer {
                 entries.append(.init(name: p.name, dtype: dt.rawValue, shape: p.shape, length: p.shape.reduce(1, *) * dt.byteSize))
             }
         }
-        var sections = try weights.bundle.sections.map { BundleWriter.Section(name: $0.name, raw: try weights.bundle.sectionData(named: $0.name)) }
+        var sections = try BundleWriter.Section.all(of: weights.bundle)
         report.finish(plan: plan.map { ($0.name, $0.shape, $0.action) }, keptDType: { self.keptDType(self.plan[self.planIndex[$0]!]) })
         sections.removeAll { $0.name == "quant_report.json" }
         sections.append(.init(name: "quant_report.json", raw: try CanonicalJSON.bytes(report.json())))
