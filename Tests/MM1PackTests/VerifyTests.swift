@@ -16,14 +16,8 @@ final class VerifyTests: XCTestCase {
         return o
     }
 
-    /// An f32 bundle of a fixture, converted once per test run.
-    static func f32Bundle(_ fixture: String) throws -> String {
-        let out = work + "/\(fixture)-f32.mm1"
-        if !FileManager.default.fileExists(atPath: out) {
-            _ = try Converter.convert(source: TestPaths.fixture(fixture), output: out, options: quietOptions(.f32))
-        }
-        return out
-    }
+    /// An f32 bundle of a fixture, converted once per test run (shared with QuantizeTests).
+    static func f32Bundle(_ fixture: String) throws -> String { try QuantizeTests.bundle(fixture) }
 
     static func quantized(_ fixture: String, bits: Int) throws -> String {
         let out = work + "/\(fixture)-q\(bits).mm1"
