@@ -6,10 +6,19 @@ import XCTest
 /// Tensors written with `write(copying:)` are hashed in the background after they are complete; the fixtures'
 /// tensors are too small for that path (under 1 MB), so this test writes large ones: whole, in several chunks,
 /// mixed with bytes that are not kept, and with pages dropped by the caller right after writing, as the converter
-/// does.
+/// does. Both ways of moving the bytes are run: copy_file_range, and the background threads' own writes used where
+/// the kernel cannot copy (across file systems).
 final class BundleWriterTests: XCTestCase {
     func testBackgroundDigestsEqualTheBytesDigests() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mm1pack-writer-\(getpid())").path
+        try backgroundDigestsEqualTheBytesDigests(kernelCopy: true)
+    }
+
+    func testBackgroundWritesWhereTheKernelCannotCopy() throws {
+        try backgroundDigestsEqualTheBytesDigests(kernelCopy: false)
+    }
+
+    func backgroundDigestsEqualTheBytesDigests(kernelCopy: Bool) throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mm1pack-writer-\(getpid())-\(kernelCopy)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let mb = 1 << 20
@@ -27,6 +36,7 @@ final class BundleWriterTests: XCTestCase {
         // f32 tensors: lengths are whole numbers of 4-byte elements.
         let tensors = plan.map { BundleWriter.TensorEntry(name: $0.0, dtype: "f32", shape: [$0.2 / 4], length: $0.2) }
         let w = try BundleWriter(path: dir + "/out.mm1", tensors: tensors, sections: [], config: [:], provenance: [:], metadata: [:])
+        w.kernelCopyWorks = kernelCopy
         for (name, off, n, how) in plan {
             try w.beginTensor(name)
             let bytes = map.slice(offset: off, length: n)
@@ -54,9 +64,13 @@ final class BundleWriterTests: XCTestCase {
         for (i, (_, off, n, how)) in plan.enumerated() {
             XCTAssertEqual(digests[i], hex(SHA256.hash(data: source[off..<(off + n)])), how)
         }
+        XCTAssertEqual(w.kernelCopyWorks, kernelCopy)
         let b = try BundleReader(path: dir + "/out.mm1")
         XCTAssertEqual(b.checkAll(), [])
         XCTAssertEqual(b.tensors.map(\.sha256), digests)
+        for (i, (_, off, n, _)) in plan.enumerated() {
+            XCTAssertEqual([UInt8](b.tensors[i].data), Array(source[off..<(off + n)]), plan[i].0)
+        }
     }
 
     /// A check that fails on a background-hashed tensor is thrown when the digests are collected (the first

@@ -165,8 +165,12 @@ public final class BundleWriter {
     /// Appends a tensor's bytes that are stored unchanged in a source file: the kernel copies them file to file
     /// (copy_file_range, as `cp` does), and the tensor's digest is computed from `bytes`, the same bytes seen
     /// through the source's memory map, by a background thread once the tensor is complete (one thread per core,
-    /// several tensors at once), while the next tensors are copied. `bytes` must therefore stay mapped until
-    /// `tensorDigests`, `finish` or `abort` returns. Falls back to an ordinary write where the kernel cannot copy.
+    /// several tensors at once), while the next tensors are copied. `bytes` must therefore stay mapped until `tensorDigests`, `finish` or `abort` returns.
+    ///
+    /// Where the kernel cannot copy (copy_file_range refuses to cross file systems since Linux 5.19), the background
+    /// thread also writes the bytes, each piece right after hashing it while it is still in the CPU cache, to the
+    /// place reserved for it in the file; the tensors are then written by several threads at once. (sendfile would
+    /// cross file systems, but perf counted 2.8 times the CPU time in its in-kernel copy as in a plain write.)
     ///
     /// `check` validates the bytes (the converter refuses NaN and Inf) in the same pass over them as the digest, on
     /// the background thread for large tensors; its error is then thrown by `tensorDigests` or `finish`, and the
@@ -177,30 +181,32 @@ public final class BundleWriter {
         guard written + bytes.count <= entries[current].length else {
             throw MM1Error(file: finalPath, tensor: entries[current].name, "more bytes than its declared length \(entries[current].length)")
         }
-        if !kernelCopyWorks || bytes.count < BundleWriter.parallelHashBytes {
+        if bytes.count < BundleWriter.parallelHashBytes {
             try check?(bytes)
             try write(bytes)
             return
         }
         try flush()
-        let copied = try kernelCopy(range)
-        written += bytes.count
-        if !copied {
-            kernelCopyWorks = false
-            try append(bytes)
-        }
         // The bytes stay readable (they are the source's mapping, which the caller keeps until `finish`), so the
         // digest is computed later, on another core, while the next tensors are copied.
-        pending.append(Chunk(bytes: bytes, check: check))
+        if try kernelCopy(range) {
+            pending.append(Chunk(bytes: bytes, check: check, writeAt: nil))
+        } else {
+            pending.append(Chunk(bytes: bytes, check: check, writeAt: filePos))
+            filePos += bytes.count
+        }
+        written += bytes.count
     }
 
     /// Validates a chunk of a tensor's bytes; throws to refuse the tensor.
     public typealias ByteCheck = @Sendable (UnsafeRawBufferPointer) throws -> Void
 
-    /// Bytes of the current tensor kept for hashing, with the check still to run on them.
+    /// Bytes of the current tensor kept for hashing, with the check still to run on them, and the file offset to
+    /// write them at when the kernel did not copy them.
     struct Chunk: @unchecked Sendable {
         let bytes: UnsafeRawBufferPointer
         let check: ByteCheck?
+        let writeAt: Int?
     }
 
     // MARK: digests computed in the background
@@ -209,7 +215,7 @@ public final class BundleWriter {
     private var pending: [Chunk] = []
     /// Whether the current tensor's hasher has seen bytes (then pending chunks must be hashed in order, here).
     private var hasherUsed = false
-    private let background = BackgroundHashes(slots: ProcessInfo.processInfo.activeProcessorCount)
+    private lazy var background = BackgroundHashes(slots: ProcessInfo.processInfo.activeProcessorCount, fd: fd, path: tempPath)
 
     /// Checks and hashes the pending chunks on this thread, in order (before bytes that are not kept).
     private func hashPendingNow() throws {
@@ -220,6 +226,7 @@ public final class BundleWriter {
         for c in chunks {
             try c.check?(c.bytes)
             hasher.update(bufferPointer: c.bytes)
+            if let at = c.writeAt { try pwriteAll(c.bytes, at: at) }
         }
     }
 
@@ -230,19 +237,26 @@ public final class BundleWriter {
         if let failure { throw failure }
     }
 
-    /// Tensors hashed on other threads: at most `slots` at once (the submitter waits for a free one, which bounds
-    /// the work in flight), each digest kept under its table index until `wait`.
+    /// Tensors hashed (and written, for chunks with `writeAt`) on other threads: at most `slots` at once (the
+    /// submitter waits for a free one, which bounds the work in flight), each digest kept under its table index
+    /// until `wait`.
     private final class BackgroundHashes: @unchecked Sendable {
         private let group = DispatchGroup()
         private let slots: DispatchSemaphore
         private let lock = NSLock()
         private var digests: [Int: String] = [:]
         private var failures: [Int: Error] = [:]
+        private let fd: Int32
+        private let path: String
 
-        init(slots n: Int) { slots = DispatchSemaphore(value: max(1, n)) }
+        init(slots n: Int, fd: Int32, path: String) {
+            slots = DispatchSemaphore(value: max(1, n))
+            self.fd = fd
+            self.path = path
+        }
 
-        /// `chunks` view a file mapping the caller keeps until `wait` returns. Each chunk is checked and hashed in
-        /// one pass, then its pages are dropped from the resident set.
+        /// `chunks` view a file mapping the caller keeps until `wait` returns. Each chunk is checked, hashed and
+        /// written if it has to be, piece by piece in one pass, then its pages are dropped from the resident set.
         func submit(tensor index: Int, chunks: [Chunk]) {
             slots.wait()
             group.enter()
@@ -251,13 +265,19 @@ public final class BundleWriter {
                 var failure: Error?
                 for c in chunks {
                     // Check and hash a few MB at a time, so that the bytes are read from memory once for both.
-                    var at = 0
+                    var at = 0, unwritten = 0
                     while at < c.bytes.count && failure == nil {
                         let piece = UnsafeRawBufferPointer(rebasing: c.bytes[at..<min(c.bytes.count, at + BundleWriter.checkPieceBytes)])
                         do { try c.check?(piece) } catch { failure = error }
                         h.update(bufferPointer: piece)
                         at += piece.count
+                        if let w = c.writeAt, failure == nil, at - unwritten >= BundleWriter.writePieceBytes || at == c.bytes.count {
+                            let done = UnsafeRawBufferPointer(rebasing: c.bytes[unwritten..<at])
+                            do { try BundleWriter.pwriteAll(fd, path, done, at: w + unwritten) } catch { failure = error }
+                            unwritten = at
+                        }
                     }
+                    if let w = c.writeAt, failure == nil { _ = mm1_start_writeback(fd, Int64(w), Int64(c.bytes.count)) }
                     // The caller may already have dropped these pages; hashing faulted them back in. Drop them
                     // again, or the whole source would end up resident.
                     if let p = c.bytes.baseAddress { Widen.releasePages(p, bytes: c.bytes.count) }
@@ -282,13 +302,15 @@ public final class BundleWriter {
         }
     }
 
-    private var kernelCopyWorks = true
+    /// Whether copy_file_range works between the source and the output; tests clear it to take the other path.
+    var kernelCopyWorks = true
     private var sourceFD: Int32 = -1
     private var sourcePath = ""
 
     /// Copies `range` to the current file position with copy_file_range; false when the kernel cannot do it here
-    /// (nothing was copied then).
+    /// (nothing was copied then, and later calls do not try again).
     private func kernelCopy(_ range: FileRange) throws -> Bool {
+        guard kernelCopyWorks else { return false }
         if sourcePath != range.path {
             if sourceFD >= 0 { close(sourceFD) }
             sourceFD = open(range.path, O_RDONLY | O_CLOEXEC)
@@ -303,7 +325,10 @@ public final class BundleWriter {
             if n < 0 {
                 if errno == EINTR { continue }
                 let err = errno
-                if left == range.length && [ENOSYS, EXDEV, EINVAL, EOPNOTSUPP, EBADF].contains(err) { return false }
+                if left == range.length && [ENOSYS, EXDEV, EINVAL, EOPNOTSUPP, EBADF].contains(err) {
+                    kernelCopyWorks = false
+                    return false
+                }
                 throw MM1Error(file: tempPath, "copying from \(range.path) failed: \(String(cString: strerror(err)))")
             }
             if n == 0 { throw MM1Error(file: range.path, "ended before the tensor's bytes did") }
@@ -335,6 +360,10 @@ public final class BundleWriter {
     /// Background checks and hashing walk a tensor in pieces this large (they stay in the CPU caches between the
     /// check and the hash).
     static let checkPieceBytes = 256 << 10
+
+    /// Background threads that also write (see `write(copying:)`) write this much at a time: still in the last-level
+    /// cache after hashing, and few enough calls that contention for the file's lock stays low.
+    static let writePieceBytes = 2 << 20
 
     /// Hands the hasher and the chunk to the hashing thread; the caller waits for it before touching either.
     private final class HasherBox: @unchecked Sendable {
@@ -472,13 +501,18 @@ public final class BundleWriter {
     static let writebackBytes = 32 << 20
 
     private func pwriteAll(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws {
+        try BundleWriter.pwriteAll(fd, tempPath, bytes, at: offset)
+    }
+
+    fileprivate static func pwriteAll(_ fd: Int32, _ path: String, _ bytes: UnsafeRawBufferPointer, at offset: Int) throws {
         var done = 0
         while done < bytes.count {
             let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
             if n < 0 {
                 if errno == EINTR { continue }
-                throw MM1Error(file: tempPath, "write failed: \(String(cString: strerror(errno)))")
+                throw MM1Error(file: path, "write failed: \(String(cString: strerror(errno)))")
             }
+            if n == 0 { throw MM1Error(file: path, "write failed: no progress (disk full?)") }
             done += n
         }
     }
