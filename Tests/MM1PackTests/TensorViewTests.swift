@@ -25,6 +25,34 @@ final class TensorViewTests: XCTestCase {
         for i in 0..<5 { for j in 0..<3 { XCTAssertEqual(got[i * 3 + j], j * 5 + i) } }
     }
 
+    /// Transposes with both sides of at least one tile go through the blocked path; sizes that are not multiples
+    /// of the tile, a stacked layer axis around the plane, and a dtype conversion on the way.
+    func testLargeTransposesAreTiledCorrectly() throws {
+        var v = TensorView(sourceShape: [3, 70, 45])
+        try v.transpose([0, 2, 1])
+        XCTAssertEqual(v.shape, [3, 45, 70])
+        let got = walk(v)
+        for l in 0..<3 { for i in 0..<45 { for j in 0..<70 {
+            XCTAssertEqual(got[(l * 45 + i) * 70 + j], (l * 70 + j) * 45 + i)
+        } } }
+
+        var w = TensorView(sourceShape: [2, 33, 40])
+        try w.select(axis: 0, index: 1)
+        try w.transpose([1, 0])
+        let (base, loops) = w.loops(boxOrigin: [0, 0, 0], boxShape: [2, 33, 40])
+        XCTAssertGreaterThanOrEqual(loops.count, 2)
+        let src: [UInt16] = (0..<(2 * 33 * 40)).map { UInt16(0x3F80 + $0 % 997) }  // bf16 values
+        var out = [Float](repeating: -1, count: 40 * 33)
+        src.withUnsafeBytes { s in
+            out.withUnsafeMutableBytes { d in
+                ElementCopy.gather(src: s.baseAddress!, from: .bf16, base: base, loops: loops, dst: d.baseAddress!, to: .f32)
+            }
+        }
+        for i in 0..<40 { for j in 0..<33 {
+            XCTAssertEqual(out[i * 33 + j].bitPattern, UInt32(src[(33 + j) * 40 + i]) << 16)
+        } }
+    }
+
     func testUnstackSplitAndFlatten() throws {
         // AXLearn-style fused qkv [L=2, D=4, N=2+1+1, Dh=2] → layer 1, part k → [D, 1, Dh] → [D, Dh]ᵀ.
         var v = TensorView(sourceShape: [2, 4, 4, 2])
