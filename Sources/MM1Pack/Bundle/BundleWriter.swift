@@ -165,7 +165,8 @@ public final class BundleWriter {
     /// Appends a tensor's bytes that are stored unchanged in a source file: the kernel copies them file to file
     /// (copy_file_range, as `cp` does), and the tensor's digest is computed from `bytes`, the same bytes seen
     /// through the source's memory map, by a background thread once the tensor is complete (one thread per core,
-    /// several tensors at once), while the next tensors are copied. `bytes` must therefore stay mapped until `tensorDigests`, `finish` or `abort` returns.
+    /// several tensors at once), while the next tensors are copied. `bytes` must therefore stay mapped until
+    /// `tensorDigests`, `finish` or `abort` returns.
     ///
     /// Where the kernel cannot copy (copy_file_range refuses to cross file systems since Linux 5.19), the background
     /// thread also writes the bytes, each piece right after hashing it while it is still in the CPU cache, to the

@@ -53,7 +53,8 @@ public enum ElementCopy {
     /// Tile edge of the blocked transpose: 32 rows of 2-byte elements fill a 64-byte cache line.
     static let tile = 32
 
-    /// `dst[r][c] = src[r·rows.stride + c·cols.stride]` for a rows.size × cols.size plane, tile by tile.
+    /// `dst[r][c] = src[r·rows.stride + c·cols.stride]` for a rows.size × cols.size plane, tile by tile (a single
+    /// row in one piece), converting `from` → `to`.
     static func tiled(src: UnsafeRawPointer, from: DType, rows: (size: Int, stride: Int), cols: (size: Int, stride: Int),
                       dst: UnsafeMutableRawPointer, to: DType) {
         switch (from, to) {
@@ -74,12 +75,13 @@ public enum ElementCopy {
                             _ dst: UnsafeMutableRawPointer, _ f: (S) -> D) {
         let s = src.assumingMemoryBound(to: S.self)
         let d = dst.assumingMemoryBound(to: D.self)
+        let colTile = rows.size == 1 ? max(cols.size, 1) : tile
         var r0 = 0
         while r0 < rows.size {
             let r1 = min(r0 + tile, rows.size)
             var c0 = 0
             while c0 < cols.size {
-                let c1 = min(c0 + tile, cols.size)
+                let c1 = min(c0 + colTile, cols.size)
                 for r in r0..<r1 {
                     let srow = s + r * rows.stride
                     let drow = d + r * cols.size
@@ -95,35 +97,14 @@ public enum ElementCopy {
         }
     }
 
+    /// One row: memcpy when nothing changes, else a plane of one row (walked without tiles).
     @inline(__always)
     static func row(src: UnsafeRawPointer, from: DType, stride: Int, count: Int, dst: UnsafeMutableRawPointer, to: DType) {
         if from == to && stride == 1 {
             dst.copyMemory(from: src, byteCount: count * from.byteSize)
             return
         }
-        switch (from, to) {
-        case (.f32, .f32): strided(src, UInt32.self, stride, count, dst) { $0 }
-        case (.f16, .f16), (.bf16, .bf16): strided(src, UInt16.self, stride, count, dst) { $0 }
-        case (.bf16, .f32): strided(src, UInt16.self, stride, count, dst) { UInt32($0) << 16 }
-        case (.f16, .f32): strided(src, UInt16.self, stride, count, dst) { Float(Float16(bitPattern: $0)).bitPattern }
-        case (.f32, .f16): strided(src, UInt32.self, stride, count, dst) { Float16(Float(bitPattern: $0)).bitPattern }
-        case (.f32, .bf16): strided(src, UInt32.self, stride, count, dst) { bf16(fromBits: $0) }
-        case (.bf16, .f16): strided(src, UInt16.self, stride, count, dst) { Float16(Float(bitPattern: UInt32($0) << 16)).bitPattern }
-        case (.f16, .bf16): strided(src, UInt16.self, stride, count, dst) { bf16(fromBits: Float(Float16(bitPattern: $0)).bitPattern) }
-        default: preconditionFailure("unsupported conversion \(from) → \(to): the planner admits only f32/f16/bf16")
-        }
-    }
-
-    @inline(__always)
-    static func strided<S, D>(_ src: UnsafeRawPointer, _: S.Type, _ stride: Int, _ count: Int,
-                              _ dst: UnsafeMutableRawPointer, _ f: (S) -> D) {
-        let s = src.assumingMemoryBound(to: S.self)
-        let d = dst.assumingMemoryBound(to: D.self)
-        var j = 0
-        for i in 0..<count {
-            d[i] = f(s[j])
-            j += stride
-        }
+        tiled(src: src, from: from, rows: (size: 1, stride: 0), cols: (size: count, stride: stride), dst: dst, to: to)
     }
 
     /// binary32 bits → bfloat16, round to nearest even (finite inputs; NaN/Inf are refused before this matters).
