@@ -308,13 +308,27 @@ public enum Converter {
         let totalBytes = entries.reduce(0) { $0 + $1.length }
         let progress = Progress(label: "convert", totalItems: entries.count, totalBytes: totalBytes, enabled: options.showProgress)
         let scratch = Scratch()
+        // Boxes of sources without a memory map are read one ahead, on another thread.
+        var requests: [BoxReads.Request] = []
+        for (i, e) in order.enumerated() {
+            for part in plan.tensors[e.name]!.parts where try src.mappedBytes(part.source) == nil {
+                guard let info = src.tensors[part.source] else { continue }
+                for b in try rowBatches(part.view, name: e.name, dtype: dtypes[i], source: info) {
+                    let (lower, upper) = b.view.sourceBox
+                    let count = zip(lower, upper).reduce(1) { $0 * ($1.1 - $1.0) }
+                    requests.append(.init(source: part.source, lower: lower, upper: upper, bytes: count * info.dtype.byteSize))
+                }
+            }
+        }
+        let boxes = BoxReads(source: src, requests: requests)
+        defer { boxes.stop() }
         var done = 0
         for (i, e) in order.enumerated() {
             progress.update(item: i + 1, bytes: done, detail: e.name)
             try writer.beginTensor(e.name)
             let p = plan.tensors[e.name]!
             for part in p.parts {
-                try stream(part, of: e.name, source: src, to: dtypes[i], writer: writer, scratch: scratch) { n in
+                try stream(part, of: e.name, source: src, to: dtypes[i], writer: writer, scratch: scratch, boxes: boxes) { n in
                     done += n
                     progress.update(item: i + 1, bytes: done, detail: e.name)
                 }
@@ -345,15 +359,12 @@ public enum Converter {
 
     /// Reusable buffers, so streaming allocates once.
     final class Scratch {
-        private var boxBuf: UnsafeMutableRawBufferPointer = .init(start: nil, count: 0)
         private var outBuf: UnsafeMutableRawBufferPointer = .init(start: nil, count: 0)
 
         deinit {
-            boxBuf.deallocate()
             outBuf.deallocate()
         }
 
-        func box(_ n: Int) -> UnsafeMutableRawBufferPointer { Scratch.ensure(&boxBuf, n) }
         func out(_ n: Int) -> UnsafeMutableRawBufferPointer { Scratch.ensure(&outBuf, n) }
 
         private static func ensure(_ buf: inout UnsafeMutableRawBufferPointer, _ n: Int) -> UnsafeMutableRawBufferPointer {
@@ -368,14 +379,13 @@ public enum Converter {
     /// Output rows are produced in batches of about this many bytes, which bounds memory whatever the tensor size.
     static let batchBytes = 32 << 20
 
-    static func stream(_ part: PlannedTensor.Part, of name: String, source: TensorSource, to dtype: DType,
-                       writer: BundleWriter, scratch: Scratch, progress: (Int) -> Void) throws {
-        guard let info = source.tensors[part.source] else { throw MM1Error(tensor: part.source, "vanished from the source") }
-        let view = part.view
-        let mapped = try source.mappedBytes(part.source)
+    /// The row batches a part is converted in: views of about `batchBytes` of output rows each, or the whole view
+    /// when its first axis cannot be cut.
+    static func rowBatches(_ view: TensorView, name: String, dtype: DType, source info: SourceTensorInfo) throws -> [(rows: Range<Int>, view: TensorView)] {
         let rows = view.rank == 0 ? 1 : view.shape[0]
         let rowElements = max(1, view.elementCount / max(rows, 1))
         var batch = max(1, batchBytes / (rowElements * max(dtype.byteSize, info.dtype.byteSize)))
+        var out: [(rows: Range<Int>, view: TensorView)] = []
         var r0 = 0
         while r0 < rows {
             var n = min(batch, rows - r0)
@@ -391,6 +401,18 @@ public enum Converter {
                     if r0 != 0 { throw MM1Error(tensor: name, "internal error: cannot batch the rows of this view") }
                 }
             }
+            out.append((r0..<(r0 + n), v))
+            r0 += n
+        }
+        return out
+    }
+
+    static func stream(_ part: PlannedTensor.Part, of name: String, source: TensorSource, to dtype: DType,
+                       writer: BundleWriter, scratch: Scratch, boxes: BoxReads, progress: (Int) -> Void) throws {
+        guard let info = source.tensors[part.source] else { throw MM1Error(tensor: part.source, "vanished from the source") }
+        let mapped = try source.mappedBytes(part.source)
+        for (batchRows, v) in try rowBatches(part.view, name: name, dtype: dtype, source: info) {
+            let r0 = batchRows.lowerBound, n = batchRows.count
             let count = v.elementCount
             if let mapped, dtype == info.dtype {
                 let (base, loops) = v.loops(boxOrigin: Array(repeating: 0, count: info.shape.count), boxShape: info.shape)
@@ -411,7 +433,6 @@ public enum Converter {
                         try writer.write(bytes)
                     }
                     progress(bytes.count)
-                    r0 += n
                     continue
                 }
             }
@@ -423,16 +444,15 @@ public enum Converter {
             } else {
                 let (lower, upper) = v.sourceBox
                 let boxShape = zip(lower, upper).map { $1 - $0 }
-                let box = scratch.box(boxShape.reduce(1, *) * info.dtype.byteSize)
-                try source.read(part.source, lower: lower, upper: upper, into: box)
+                let box = try boxes.next(.init(source: part.source, lower: lower, upper: upper,
+                                               bytes: boxShape.reduce(1, *) * info.dtype.byteSize))
                 let (base, loops) = v.loops(boxOrigin: lower, boxShape: boxShape)
-                ElementCopy.gather(src: UnsafeRawPointer(box.baseAddress!), from: info.dtype, base: base, loops: loops,
+                ElementCopy.gather(src: box.baseAddress!, from: info.dtype, base: base, loops: loops,
                                    dst: out.baseAddress!, to: dtype)
             }
             try checkFinite(out.baseAddress!, count: count, dtype: dtype, source: info, rows: r0..<(r0 + n), name: name)
             try writer.write(UnsafeRawBufferPointer(out))
             progress(out.count)
-            r0 += n
         }
     }
 }
