@@ -14,6 +14,7 @@ struct MM1PackCLI: ParsableCommand {
 
 /// Runs a command body, turning errors into a one-line message and a non-zero exit.
 func MM1PackCLI_run(_ body: () throws -> Void) throws {
+    TemporaryFiles.removeOnSignals()
     do {
         try body()
     } catch let e as MM1Error {

@@ -213,6 +213,35 @@ final class BrokenSourceTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/cli.mm1"))
     }
 
+    /// Ctrl-C (or SIGTERM) while the bundle is being written removes the temporary file: nothing is left in the
+    /// output's directory, and the exit status is 128 + the signal.
+    func testInterruptedConvertLeavesNoTemporaryFile() throws {
+        let bin = productsDirectory.appendingPathComponent("mm1pack").path
+        guard FileManager.default.isExecutableFile(atPath: bin) else { throw XCTSkip("mm1pack binary not built at \(bin)") }
+        let src = try copyFixture("llama-text")
+        for sig in [SIGINT, SIGTERM] {
+            let out = dir + "/out-\(sig)"
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: bin)
+            p.arguments = ["convert", src, "-o", out + "/x.mm1", "--quiet"]
+            p.environment = ProcessInfo.processInfo.environment.merging(["MM1PACK_TEST_HOLD_OUTPUT_SECONDS": "30"]) { $1 }
+            p.standardError = Pipe()
+            p.standardOutput = Pipe()
+            try p.run()
+            // Wait until the temporary file exists, then interrupt.
+            let deadline = Date().addingTimeInterval(20)
+            while (try FileManager.default.contentsOfDirectory(atPath: out)).isEmpty && Date() < deadline {
+                Thread.sleep(forTimeInterval: 0.02)
+            }
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out).count, 1, "the temporary file appeared")
+            kill(p.processIdentifier, sig)
+            p.waitUntilExit()
+            XCTAssertEqual(p.terminationStatus, 128 + sig)
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out), [])
+        }
+    }
+
     var productsDirectory: URL {
         for b in Bundle.allBundles where b.bundlePath.hasSuffix(".xctest") {
             return b.bundleURL.deletingLastPathComponent()

@@ -107,6 +107,11 @@ public final class BundleWriter {
 
         fd = open(tempPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw MM1Error(file: tempPath, "cannot create: \(String(cString: strerror(errno)))") }
+        TemporaryFiles.add(tempPath)
+        // Test hook: holds the temporary file open so that a test can interrupt the command while it exists.
+        if let s = ProcessInfo.processInfo.environment["MM1PACK_TEST_HOLD_OUTPUT_SECONDS"], let t = Double(s) {
+            Thread.sleep(forTimeInterval: t)
+        }
         buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 4096)
     }
 
@@ -118,6 +123,7 @@ public final class BundleWriter {
             close(fd)
             unlink(tempPath)
         }
+        TemporaryFiles.remove(tempPath)
     }
 
     /// Abandons the output: the temporary file is removed and nothing appears at the final path.
@@ -128,6 +134,7 @@ public final class BundleWriter {
         finished = true
         close(fd)
         unlink(tempPath)
+        TemporaryFiles.remove(tempPath)
     }
 
     static func align(_ x: Int, _ a: Int) -> Int { (x + a - 1) / a * a }
@@ -438,6 +445,7 @@ public final class BundleWriter {
         guard fsync(fd) == 0 else { throw MM1Error(file: tempPath, "fsync failed: \(String(cString: strerror(errno)))") }
         close(fd)
         finished = true
+        defer { TemporaryFiles.remove(tempPath) }
         guard rename(tempPath, finalPath) == 0 else {
             let msg = String(cString: strerror(errno))
             unlink(tempPath)

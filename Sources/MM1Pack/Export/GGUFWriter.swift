@@ -98,6 +98,7 @@ public enum GGUFWriter {
         guard fd >= 0 else {
             throw MM1Error(file: path, "cannot create the temporary output \(temp): \(String(cString: strerror(errno)))")
         }
+        TemporaryFiles.add(temp)
         var out = BufferedFile(fd: fd, path: path)
         var finished = false
         defer {
@@ -105,6 +106,7 @@ public enum GGUFWriter {
                 close(fd)
                 unlink(temp)
             }
+            TemporaryFiles.remove(temp)
         }
         try out.write(header)
         let dataStart = align(header.count)

@@ -287,6 +287,7 @@ public final class SafetensorsWriter {
             let p = tempPath(currentShard)
             let out = try BufferedFileOutput(path: p, bufferBytes: 4 << 20)
             created.append(p)
+            TemporaryFiles.add(p)
             current = out
             try out.write(headers[currentShard])
         }
@@ -349,6 +350,7 @@ public final class SafetensorsWriter {
         try current?.close()
         current = nil
         for s in 0..<files.count { try renameIntoPlace(tempPath(s), directory + "/" + files[s]) }
+        for p in created { TemporaryFiles.remove(p) }
         created = []
         if files.count > 1 {
             var json = "{\n  \"metadata\": {\n    \"total_size\": \(totalBytes)\n  },\n  \"weight_map\": {\n"
@@ -365,7 +367,10 @@ public final class SafetensorsWriter {
     public func abort() {
         current?.discard()
         current = nil
-        for p in created { unlink(p) }
+        for p in created {
+            unlink(p)
+            TemporaryFiles.remove(p)
+        }
         created = []
         finished = true
     }
