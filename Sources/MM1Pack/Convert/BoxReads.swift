@@ -116,3 +116,12 @@ final class BoxReads: @unchecked Sendable {
         cond.unlock()
     }
 }
+
+extension BoxReads.Request {
+    /// The box of `source` that the row batch `view` reads (in the stored dtype).
+    init(source: String, view: TensorView, dtype: DType) {
+        let (lower, upper) = view.sourceBox
+        self.init(source: source, lower: lower, upper: upper,
+                  bytes: zip(lower, upper).reduce(1) { $0 * ($1.1 - $1.0) } * dtype.byteSize)
+    }
+}

@@ -314,9 +314,7 @@ public enum Converter {
             for part in plan.tensors[e.name]!.parts where try src.mappedBytes(part.source) == nil {
                 guard let info = src.tensors[part.source] else { continue }
                 for b in try rowBatches(part.view, name: e.name, dtype: dtypes[i], source: info) {
-                    let (lower, upper) = b.view.sourceBox
-                    let count = zip(lower, upper).reduce(1) { $0 * ($1.1 - $1.0) }
-                    requests.append(.init(source: part.source, lower: lower, upper: upper, bytes: count * info.dtype.byteSize))
+                    requests.append(.init(source: part.source, view: b.view, dtype: info.dtype))
                 }
             }
         }
@@ -442,11 +440,9 @@ public enum Converter {
                 ElementCopy.gather(src: mapped.baseAddress!, from: info.dtype, base: base, loops: loops,
                                    dst: out.baseAddress!, to: dtype)
             } else {
-                let (lower, upper) = v.sourceBox
-                let boxShape = zip(lower, upper).map { $1 - $0 }
-                let box = try boxes.next(.init(source: part.source, lower: lower, upper: upper,
-                                               bytes: boxShape.reduce(1, *) * info.dtype.byteSize))
-                let (base, loops) = v.loops(boxOrigin: lower, boxShape: boxShape)
+                let request = BoxReads.Request(source: part.source, view: v, dtype: info.dtype)
+                let box = try boxes.next(request)
+                let (base, loops) = v.loops(boxOrigin: request.lower, boxShape: zip(request.lower, request.upper).map { $1 - $0 })
                 ElementCopy.gather(src: box.baseAddress!, from: info.dtype, base: base, loops: loops,
                                    dst: out.baseAddress!, to: dtype)
             }

@@ -17,8 +17,6 @@ public enum TemporaryFiles {
         lock.withLock { _ = paths.remove(path) }
     }
 
-    static var registered: Set<String> { lock.withLock { paths } }
-
     /// From now on SIGINT, SIGTERM and SIGHUP delete every registered file, then end the process with status
     /// 128 + the signal's number, as the default action's status would read in a shell. Idempotent.
     public static func removeOnSignals() {
